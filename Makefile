@@ -1,0 +1,57 @@
+# tlcli developer targets. Every target installs what it needs first.
+#   make train   the embedded default transfer job (offline, < 2 min on 2 CPU cores)
+#   make test    the test suite (installs the venv and Fashion-MNIST first)
+VENV        ?= .venv
+PYTHON      ?= python3
+PY          := $(VENV)/bin/python
+TLCLI       := $(VENV)/bin/tlcli
+# torch/torchvision pair installed first (the project itself only asks for torch>=2.2)
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+FMNIST_DIR  := /usr/share/datasets/fashion-mnist
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: install train test test-all lint format smoke source-model fashion-mnist clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+fashion-mnist:
+	@[ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || \
+	  ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist)
+
+train: install
+	$(TLCLI) train
+
+test: install fashion-mnist
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: PYTEST_ARGS :=
+test-all: test
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+smoke: install
+	$(TLCLI) train experiment=smoke
+	$(TLCLI) train -m experiment=smoke strategy=freeze,finetune,extend_freeze,extend_finetune
+
+# Rebuild the embedded source model from its recipe (configs/experiment/source_fashion_mnist.yaml).
+source-model: install fashion-mnist
+	$(TLCLI) train experiment=source_fashion_mnist hydra.run.dir=outputs/source_fashion_mnist
+	cp outputs/source_fashion_mnist/model.safetensors tl_cli/assets/fashion_mnist_test_resnet.safetensors
+	cp outputs/source_fashion_mnist/summary.json tl_cli/assets/fashion_mnist_test_resnet.json
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache build dist *.egg-info

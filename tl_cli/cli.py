@@ -1,0 +1,89 @@
+"""`tlcli <command> [hydra overrides]`: one Hydra app per command.
+
+Kept light: torch, timm and Lightning are imported only inside the task function, so
+`tlcli --help` and `tlcli train --cfg job` never load them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from tl_cli import __version__
+from tl_cli.errors import EXIT_USAGE, choose_from, report
+
+COMMANDS: dict[str, str] = {
+    "train": "fit a transfer strategy on a timm backbone, test it, write a run directory",
+}
+
+USAGE = f"""tlcli {__version__}: transfer learning on timm backbones (Lightning + Hydra)
+
+usage: tlcli <command> [hydra overrides] [hydra flags]
+
+commands:
+{chr(10).join(f"  {name:<8} {text}" for name, text in COMMANDS.items())}
+
+examples:
+  tlcli train                                     # embedded default: Fashion-MNIST source -> digits
+  tlcli train strategy=freeze data.samples_per_class=10
+  tlcli train -m strategy=freeze,finetune,extend_freeze,extend_finetune
+  tlcli train --help                              # all config groups and Hydra flags
+  tlcli train --cfg job                           # print the composed config
+"""
+
+
+def _task(command: str) -> Callable:
+    def task(cfg) -> float | None:
+        try:
+            if command == "train":
+                from tl_cli.train import main as run
+            return run(cfg)
+        except SystemExit:
+            raise
+        except BaseException as ex:  # one line, no traceback; inside Hydra so multirun stops cleanly
+            raise SystemExit(report(ex)) from None
+
+    return task
+
+
+def run_hydra(command: str, args: list[str]) -> int:
+    import hydra
+
+    from tl_cli.config import register_schemas
+    from tl_cli.paths import config_dir, register_resolvers
+
+    register_schemas()
+    register_resolvers()
+    # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)(_task(command))
+    saved_argv = sys.argv
+    sys.argv = [f"tlcli {command}", *args]
+    try:
+        app()
+    except SystemExit as ex:
+        return ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+    except BaseException as ex:
+        return report(ex)
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"tlcli {__version__}")
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        return report(choose_from("command", command, COMMANDS)) or EXIT_USAGE
+    return run_hydra(command, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

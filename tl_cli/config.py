@@ -1,0 +1,94 @@
+"""Structured-config schema for `tlcli train`: typos and wrong types fail at composition time.
+
+Groups that hand their settings to third-party objects (trainer, logger, callbacks) stay untyped;
+tlcli checks trainer keys against `lightning.Trainer` itself before building it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ExtensionConfig:
+    """New hidden layers between the backbone and the head (empty = no extension)."""
+
+    hidden_dims: list[int] = field(default_factory=list)
+    activation: str = "gelu"  # any timm activation name (relu, gelu, silu, ...)
+    norm: str | None = "layernorm"  # layernorm | batchnorm | null
+    dropout: float = 0.0
+
+
+@dataclass
+class StrategyConfig:
+    name: str = MISSING  # freeze | finetune | extend_freeze | extend_finetune | scratch
+    backbone_lr_mult: float = 1.0  # backbone LR = optim.lr * this (finetune strategies)
+    extension: ExtensionConfig = field(default_factory=ExtensionConfig)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = MISSING  # any timm model name
+    weights: str | None = None  # hub | path (.safetensors/.pth/.ckpt) | tlcli run dir | null
+    in_chans: int = 3
+    img_size: int | None = None  # input resolution; null = the backbone's pretrained default
+    drop_rate: float = 0.0
+    drop_path_rate: float | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # synthetic | digits | fashion_mnist | image_folder
+    root: str | None = None
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    samples_per_class: int | None = None  # seeded, class-balanced few-shot train subset
+    classes: list[Any] | None = None  # keep only these classes (names or indices)
+    val_fraction: float = 0.1  # held out of train when there is no val split
+    test_fraction: float = 0.2  # held out when the dataset has no test split
+    augment: bool = True  # false: train uses the deterministic eval transform
+    aug: dict[str, Any] = field(default_factory=dict)  # timm create_transform(is_training=True) kwargs
+    crop_pct: float | None = None  # eval center-crop fraction; null = backbone default
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+    # synthetic data only
+    num_classes: int = 4
+    image_size: int = 32
+    samples_per_split: list[int] = field(default_factory=lambda: [32, 8, 8])  # per class: train, val, test
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # any timm optimizer name
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    scheduler: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    seed: int = 42
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] | None = field(default_factory=dict)
+    callbacks: dict[str, Any] | None = field(default_factory=dict)
+    paths: dict[str, Any] = field(default_factory=dict)
+
+
+def register_schemas() -> None:
+    """Make the schema available to `defaults: [train_schema, ...]` in configs/train.yaml."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,1 @@
+"""Datasets (a name-keyed registry) and the LightningDataModule that serves them."""

@@ -1,0 +1,188 @@
+"""LightningDataModule: splits, class filters, few-shot subsets and timm transforms."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tl_cli.data.datasets import RawSplits, build_dataset
+from tl_cli.errors import TlcliError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_data_config(backbone: torch.nn.Module, cfg, in_chans: int, img_size: int | None) -> dict[str, Any]:
+    """timm's preprocessing for this backbone, with tlcli's overrides (size, crop, mean/std, channels)."""
+    from timm.data import resolve_data_config as timm_resolve
+
+    args: dict[str, Any] = {k: cfg[k] for k in ("crop_pct", "mean", "std", "interpolation") if cfg[k] is not None}
+    if img_size:
+        args["input_size"] = (in_chans, img_size, img_size)
+    data_config = timm_resolve(args, model=backbone)
+    data_config["input_size"] = (in_chans, *data_config["input_size"][1:])
+    for key in ("mean", "std"):  # grayscale: one value per channel, not ImageNet's three
+        values = tuple(float(v) for v in data_config[key])
+        if len(values) != in_chans:
+            values = (float(np.mean(values)),) * in_chans if in_chans == 1 or len(values) == 1 else values
+        data_config[key] = values
+    return data_config
+
+
+def build_transforms(data_config: dict[str, Any], augment: bool, aug: dict[str, Any]):
+    """(train, eval) transforms from timm.data.create_transform."""
+    from timm.data import create_transform
+
+    eval_tf = create_transform(**data_config, is_training=False)
+    if not augment:
+        return eval_tf, eval_tf
+    valid = set(inspect.signature(create_transform).parameters) - {"input_size", "is_training"}
+    unknown = sorted(set(aug) - valid)
+    if unknown:
+        raise TlcliError(f"unknown data.aug key '{unknown[0]}'; valid: {', '.join(sorted(valid))}")
+    train_cfg = {k: v for k, v in data_config.items() if k != "crop_pct"}
+    train_tf = create_transform(**train_cfg, is_training=True, **dict(aug))
+    return train_tf, eval_tf
+
+
+class TransformedSubset(Dataset):
+    """Selected samples of a raw dataset, relabelled, converted to the model's image mode, transformed."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray, label_map: dict[int, int], mode: str, transform=None):
+        self.base, self.indices, self.label_map, self.mode, self.transform = (
+            base,
+            indices,
+            label_map,
+            mode,
+            transform,
+        )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[int(self.indices[i])]
+        image = image.convert(self.mode)
+        return (self.transform(image) if self.transform else image), self.label_map[int(label)]
+
+
+def stratified_split(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """Seeded, class-stratified (keep, held_out) split of `indices`."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        keep, held = train_test_split(indices, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as ex:
+        raise TlcliError(f"cannot hold out {fraction:.0%} per class: {ex}") from None
+    return np.sort(keep), np.sort(held)
+
+
+def few_shot(indices: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """`per_class` seeded samples of every class."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        members = indices[labels == c]
+        if per_class > len(members):
+            raise TlcliError(
+                f"data.samples_per_class={per_class} but class {c} has only {len(members)} train samples; "
+                f"use data.samples_per_class<={int(min(np.bincount(labels)[np.unique(labels)]))}"
+            )
+        picked.append(rng.choice(members, size=per_class, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+class TransferDataModule(L.LightningDataModule):
+    """Builds train/val/test from a registered dataset; `prepare_splits()` runs once, before the model."""
+
+    def __init__(self, cfg, data_config: dict[str, Any], seed: int) -> None:
+        super().__init__()
+        self.cfg, self.data_config, self.seed = cfg, data_config, seed
+        self.mode = "L" if data_config["input_size"][0] == 1 else "RGB"
+        self.train_transform, self.eval_transform = build_transforms(data_config, cfg.augment, cfg.aug)
+        self.classes: list[str] = []
+        self.splits: dict[str, TransformedSubset] = {}
+        self.notes: dict[str, str] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def prepare_splits(self) -> None:
+        if self.splits:
+            return
+        raw = build_dataset(self.cfg, self.seed)
+        keep_classes = self._selected_classes(raw)
+        label_map = {old: new for new, old in enumerate(keep_classes)}
+        self.classes = [raw.classes[c] for c in keep_classes]
+        chosen = {}
+        for split, labels in raw.labels.items():
+            idx = np.flatnonzero(np.isin(labels, keep_classes))
+            chosen[split] = (idx, labels[idx])
+        idx, y = chosen["train"]
+        if "test" not in chosen:
+            idx, test_idx = stratified_split(idx, y, self.cfg.test_fraction, self.seed)
+            chosen["test"] = (test_idx, raw.labels["train"][test_idx])
+            self.notes["test"] = f"held out {self.cfg.test_fraction:.0%} of train (stratified, seeded)"
+            y = raw.labels["train"][idx]
+        if "val" not in chosen:
+            idx, val_idx = stratified_split(idx, y, self.cfg.val_fraction, self.seed)
+            chosen["val"] = (val_idx, raw.labels["train"][val_idx])
+            self.notes["val"] = f"held out {self.cfg.val_fraction:.0%} of train (stratified, seeded)"
+            y = raw.labels["train"][idx]
+        if self.cfg.samples_per_class:
+            idx = few_shot(idx, y, self.cfg.samples_per_class, self.seed)
+        chosen["train"] = (idx, raw.labels["train"][idx])
+        for split, (indices, _) in chosen.items():
+            base = raw.datasets.get(split, raw.datasets["train"])  # held-out splits index into train
+            transform = self.train_transform if split == "train" else self.eval_transform
+            self.splits[split] = TransformedSubset(base, indices, label_map, self.mode, transform)
+        sizes = ", ".join(f"{s}={len(d)}" for s, d in self.splits.items())
+        log.info("data %s: %d classes, %s", self.cfg.name, self.num_classes, sizes)
+
+    def _selected_classes(self, raw: RawSplits) -> list[int]:
+        if not self.cfg.classes:
+            return list(range(len(raw.classes)))
+        selected = []
+        for c in self.cfg.classes:
+            if isinstance(c, int) and 0 <= c < len(raw.classes):
+                selected.append(c)
+            elif str(c) in raw.classes:
+                selected.append(raw.classes.index(str(c)))
+            else:
+                raise TlcliError(f"data.classes: unknown class '{c}'; choose from {raw.classes}")
+        if len(set(selected)) < 2:
+            raise TlcliError("data.classes must keep at least 2 classes")
+        return sorted(set(selected))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_splits()
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.splits[split]
+        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            # a last batch of one sample breaks BatchNorm in training; drop only that case
+            drop_last=train and len(dataset) % batch_size == 1,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

@@ -1,0 +1,171 @@
+"""Dataset registry: each builder returns raw splits of (PIL image, label) samples plus class names.
+
+Transforms are applied later by the datamodule, from the backbone's timm data config.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tl_cli.errors import TlcliError, choose_from
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+
+
+class ArrayImages(Dataset):
+    """In-memory uint8 images, (N, H, W) grayscale or (N, H, W, 3) RGB, served as PIL images."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]), int(self.labels[index])
+
+
+@dataclass
+class RawSplits:
+    """Splits by name ('train' required; 'val'/'test' when the dataset defines them)."""
+
+    classes: list[str]
+    datasets: dict[str, Dataset] = field(default_factory=dict)
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, split: str, dataset: Dataset, labels: np.ndarray) -> None:
+        self.datasets[split], self.labels[split] = dataset, np.asarray(labels, dtype=np.int64)
+
+
+DATASETS: dict[str, Callable[..., RawSplits]] = {}
+
+
+def register_dataset(name: str) -> Callable:
+    def wrap(fn: Callable[..., RawSplits]) -> Callable[..., RawSplits]:
+        DATASETS[name] = fn
+        return fn
+
+    return wrap
+
+
+def build_dataset(cfg, seed: int) -> RawSplits:
+    """Look up `cfg.name` in the registry and build its raw splits."""
+    if cfg.name not in DATASETS:
+        raise choose_from("dataset", cfg.name, DATASETS)
+    return DATASETS[cfg.name](cfg, seed)
+
+
+@register_dataset("synthetic")
+def synthetic(cfg, seed: int) -> RawSplits:
+    """Seeded class prototypes plus noise: learnable in a few steps, for CI smoke runs."""
+    rng = np.random.default_rng(seed)
+    size, k = cfg.image_size, cfg.num_classes
+    coarse = rng.uniform(0, 255, size=(k, 4, 4, 3)).astype(np.uint8)
+    prototypes = np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in coarse])
+    splits = RawSplits(classes=[f"class_{i}" for i in range(k)])
+    for split, per_class in zip(("train", "val", "test"), cfg.samples_per_split, strict=True):
+        labels = np.repeat(np.arange(k), per_class)
+        noise = rng.normal(0, 40, size=(len(labels), size, size, 3))
+        images = np.clip(prototypes[labels].astype(np.float64) + noise, 0, 255).astype(np.uint8)
+        splits.add(split, ArrayImages(images, labels), labels)
+    return splits
+
+
+@register_dataset("digits")
+def digits(cfg, seed: int) -> RawSplits:
+    """sklearn's bundled 8x8 handwritten digits (1797 images); val/test are held out by the datamodule."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.clip(bunch.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    splits = RawSplits(classes=[str(c) for c in bunch.target_names])
+    splits.add("train", ArrayImages(images, bunch.target), bunch.target)
+    return splits
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@register_dataset("fashion_mnist")
+def fashion_mnist(cfg, seed: int) -> RawSplits:
+    """Fashion-MNIST from its idx .gz files (Debian: apt-get install dataset-fashion-mnist)."""
+    root = Path(cfg.root or FASHION_MNIST_ROOT)
+    files = {
+        s: (root / f"{p}-images-idx3-ubyte.gz", root / f"{p}-labels-idx1-ubyte.gz")
+        for s, p in (("train", "train"), ("test", "t10k"))
+    }
+    missing = [str(f) for pair in files.values() for f in pair if not f.is_file()]
+    if missing:
+        raise TlcliError(
+            f"Fashion-MNIST file {missing[0]} not found; install it with 'apt-get install -y "
+            f"dataset-fashion-mnist' or set data.root to a folder with the four *-ubyte.gz files"
+        )
+    splits = RawSplits(classes=list(FASHION_MNIST_CLASSES))
+    for split, (images, labels) in files.items():
+        y = _read_idx(labels)
+        splits.add(split, ArrayImages(_read_idx(images), y), y)
+    return splits
+
+
+@register_dataset("image_folder")
+def image_folder(cfg, seed: int) -> RawSplits:
+    """root/<split>/<class>/<image> (splits: train, val, test), or a flat root/<class>/<image>."""
+    from timm.data import ImageDataset
+
+    if not cfg.root:
+        raise TlcliError("data=image_folder needs data.root=/path/to/images (root/<split>/<class>/<image>)")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise TlcliError(f"data.root '{cfg.root}' does not exist; point it at root/<split>/<class>/<image>")
+    found = {
+        split: next((root / a for a in aliases if (root / a).is_dir()), None)
+        for split, aliases in SPLIT_ALIASES.items()
+    }
+    if found["train"] is None:
+        found = {"train": root, "val": None, "test": None}  # flat layout: hold out val and test
+    train = ImageDataset(str(found["train"]))
+    class_to_idx = dict(train.reader.class_to_idx)
+    if len(class_to_idx) < 2:
+        raise TlcliError(
+            f"data.root '{found['train']}' has {len(class_to_idx)} class folder(s); need at least 2 "
+            f"(root/<split>/<class>/<image>)"
+        )
+    splits = RawSplits(classes=sorted(class_to_idx, key=class_to_idx.get))
+    for split, folder in found.items():
+        if folder is None:
+            continue
+        ds = train if split == "train" else ImageDataset(str(folder), class_map=class_to_idx)
+        labels = np.array([target for _, target in ds.reader.samples], dtype=np.int64)
+        if len(labels) == 0:
+            raise TlcliError(f"no images found under '{folder}'; expected <class>/<image> files")
+        splits.add(split, ds, labels)
+    return splits

@@ -1,0 +1,102 @@
+"""User-facing errors: one line on stderr, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import sys
+from collections.abc import Iterable
+
+EXIT_USAGE = 2  # bad input: config, data, weights
+EXIT_FAILURE = 1  # anything unexpected
+
+# Config groups and the noun a user thinks of them by.
+_GROUP_NOUNS = {"data": "dataset", "strategy": "strategy", "model": "model", "trainer": "trainer"}
+
+
+class TlcliError(Exception):
+    """An error caused by the user's input; its message is the whole story (one line)."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest choice, or ''."""
+    match = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def choose_from(kind: str, value: object, choices: Iterable[str]) -> TlcliError:
+    """Error for a value that is not one of the valid choices."""
+    choices = sorted(choices)
+    listed = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
+    return TlcliError(f"unknown {kind} '{value}'{did_you_mean(str(value), choices)}; choose one of: {listed}")
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _known_config_keys() -> list[str]:
+    """Dotted keys of the train config schema, for 'did you mean' on typos."""
+    from omegaconf import OmegaConf
+
+    from tl_cli.config import TrainConfig
+
+    def walk(node: object, prefix: str) -> Iterable[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from walk(value, f"{prefix}{key}.")
+        yield prefix.rstrip(".")
+
+    keys = list(walk(OmegaConf.to_container(OmegaConf.structured(TrainConfig)), ""))
+    return [k for k in keys if k]
+
+
+def describe(ex: BaseException) -> tuple[str, int]:
+    """Turn any exception into (one-line message, exit code)."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    if isinstance(ex, TlcliError):
+        return one_line(str(ex)), EXIT_USAGE
+    if isinstance(ex, MissingConfigException):
+        missing = ex.missing_cfg_file or ""
+        if "/" in missing and ex.options:
+            group, value = missing.rsplit("/", 1)
+            noun = _GROUP_NOUNS.get(group, f"{group} config")
+            return one_line(str(choose_from(noun, value, ex.options))), EXIT_USAGE
+        return one_line(str(ex).split("\n")[0]), EXIT_USAGE
+    if isinstance(ex, OverrideParseException):
+        return one_line(f"cannot parse override: {str(ex).splitlines()[0]}"), EXIT_USAGE
+    cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
+    if isinstance(cause, ConfigKeyError) or (
+        isinstance(ex, ConfigCompositionException) and "not in struct" in str(cause)
+    ):
+        found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))
+        key = found.group(1) if found else "?"
+        hint = did_you_mean(key, _known_config_keys())
+        return (
+            f"unknown config key '{key}'{hint}; add a new key with '+{key}=<value>' or see 'tlcli train --cfg job'",
+            EXIT_USAGE,
+        )
+    if isinstance(cause, ValidationError):
+        key = getattr(cause, "full_key", "") or "?"
+        first = str(cause).splitlines()[0]
+        return one_line(f"invalid value for '{key}': {first}"), EXIT_USAGE
+    if isinstance(cause, OmegaConfBaseException) or isinstance(ex, ConfigCompositionException):
+        return one_line(f"config error: {str(ex).splitlines()[0]} {str(cause).splitlines()[0]}"), EXIT_USAGE
+    first = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
+    return (
+        one_line(f"{type(ex).__name__}: {first} (rerun with TLCLI_DEBUG=1 for the full traceback)"),
+        EXIT_FAILURE,
+    )
+
+
+def report(ex: BaseException) -> int:
+    """Print the one-line error and return the exit code; re-raise when TLCLI_DEBUG is set."""
+    if os.environ.get("TLCLI_DEBUG"):
+        raise ex
+    message, code = describe(ex)
+    sys.stdout.flush()
+    print(f"tlcli: error: {message}", file=sys.stderr, flush=True)
+    return code

@@ -1,0 +1,90 @@
+"""LightningModule: steps, torchmetrics, and an optimizer over trainable parameters only."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from tl_cli.network import TransferNet
+from tl_cli.strategies import param_groups
+
+
+class TransferModule(L.LightningModule):
+    def __init__(
+        self,
+        net: TransferNet,
+        num_classes: int,
+        optim: dict[str, Any],
+        backbone_lr_mult: float = 1.0,
+        backbone: str = "",
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # plain containers only, so checkpoints load with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+        self.optim = dict(optim)
+        self.backbone_lr_mult = backbone_lr_mult
+        self.metrics = torch.nn.ModuleDict(
+            {
+                f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro")
+                for split in ("train", "val", "test")
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def _step(self, batch, split: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self.net(images)
+        smoothing = self.optim.get("label_smoothing", 0.0) if split == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        acc = self.metrics[f"{split}_acc"]
+        acc(logits, labels)
+        on_step = False
+        self.log(
+            f"{split}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=split != "test",
+            batch_size=len(labels),
+        )
+        self.log(f"{split}/acc", acc, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        from timm.optim import create_optimizer_v2
+
+        o = self.optim
+        groups = param_groups(self.net, o["lr"], self.backbone_lr_mult, o["weight_decay"])
+        extra = {"momentum": o["momentum"]} if o["name"].lower() in ("sgd", "momentum", "nesterov") else {}
+        optimizer = create_optimizer_v2(groups, opt=o["name"], lr=o["lr"], weight_decay=o["weight_decay"], **extra)
+        if o.get("scheduler", "cosine") == "constant":
+            return optimizer
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        warmup = int(o.get("warmup_epochs", 0))
+
+        def factor(epoch: int) -> float:  # linear warmup, then cosine to zero at max_epochs
+            if epoch < warmup:
+                return (epoch + 1) / (warmup + 1)
+            progress = (epoch - warmup) / max(1, epochs - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -1,0 +1,84 @@
+"""The transfer strategies, all in one place.
+
+A strategy is data: which weights the network starts from, whether the source network trains,
+and whether new hidden layers are added. `apply_strategy` is the one place that acts on it.
+
+| strategy         | start from     | trains                 | extension |
+|------------------|----------------|------------------------|-----------|
+| freeze           | source weights | head only              | no        |
+| finetune         | source weights | everything             | no        |
+| extend_freeze    | source weights | extension + head       | yes       |
+| extend_finetune  | source weights | everything             | yes       |
+| scratch          | random init    | everything             | optional  |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tl_cli.errors import TlcliError, choose_from
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    use_source_weights: bool  # load model.weights into the backbone
+    train_backbone: bool  # False: backbone frozen (requires_grad=False, kept in eval mode)
+    extension: str  # "required" | "forbidden" | "optional"
+    when: str  # one-line advice, shown in docs and logs
+
+
+STRATEGIES: dict[str, Strategy] = {
+    s.name: s
+    for s in (
+        Strategy("freeze", True, False, "forbidden", "small data, task similar to the source's"),
+        Strategy("finetune", True, True, "forbidden", "large data, similar task"),
+        Strategy("extend_freeze", True, False, "required", "small data, task needs extra features"),
+        Strategy("extend_finetune", True, True, "required", "large data, task needs extra features"),
+        Strategy("scratch", False, True, "optional", "baseline: what did transfer buy?"),
+    )
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise choose_from("strategy", name, STRATEGIES)
+    return STRATEGIES[name]
+
+
+def check_extension(strategy: Strategy, hidden_dims: list[int]) -> None:
+    """Refuse configs whose extension contradicts the strategy's name."""
+    if strategy.extension == "required" and not hidden_dims:
+        raise TlcliError(
+            f"strategy={strategy.name} needs new hidden layers, but strategy.extension.hidden_dims is empty; "
+            f"set e.g. strategy.extension.hidden_dims=[256]"
+        )
+    if strategy.extension == "forbidden" and hidden_dims:
+        extended = "extend_freeze" if not strategy.train_backbone else "extend_finetune"
+        raise TlcliError(
+            f"strategy={strategy.name} adds no hidden layers, but strategy.extension.hidden_dims="
+            f"{list(hidden_dims)}; use strategy={extended} instead"
+        )
+
+
+def apply_strategy(strategy: Strategy, net) -> None:
+    """Freeze what the strategy keeps fixed. Frozen modules stay in eval mode (see TransferNet.train)."""
+    if not strategy.train_backbone:
+        net.freeze("backbone")
+
+
+def param_groups(net, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups over trainable parameters only: backbone at lr * mult, new layers at lr.
+
+    timm's `param_groups_weight_decay` keeps weight decay off norms and biases.
+    """
+    from timm.optim import param_groups_weight_decay
+
+    groups = []
+    for part, part_lr in (("backbone", lr * backbone_lr_mult), ("extension", lr), ("head", lr)):
+        module = getattr(net, part)
+        no_decay = getattr(module, "no_weight_decay", lambda: set())()
+        for group in param_groups_weight_decay(module, weight_decay, no_weight_decay_list=no_decay):
+            if group["params"]:
+                groups.append({**group, "lr": part_lr, "name": f"{part}{'' if group['weight_decay'] else '_no_wd'}"})
+    return groups

@@ -1,0 +1,227 @@
+"""`tlcli train`: seed, build data + network from the config, fit, test, write the run directory."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
+from tl_cli.errors import TlcliError, choose_from
+from tl_cli.network import TransferNet
+from tl_cli.strategies import Strategy, apply_strategy, check_extension, get_strategy
+from tl_cli.weights import create_backbone, save_network
+
+log = logging.getLogger(__name__)
+
+# `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
+ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
+
+
+class Throughput(L.Callback):
+    """Wall time of the training epochs (validation excluded) and images seen, for summary.json."""
+
+    def __init__(self) -> None:
+        self.seconds, self.images, self._start = 0.0, 0, 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += len(batch[1])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Range checks the schema's types cannot express."""
+    for key in ("data.batch_size", "optim.lr"):
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise TlcliError(f"{key}={value} must be positive")
+    if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
+        raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    for key in cfg.trainer:
+        if key not in valid:
+            raise choose_from("trainer key", key, valid)
+
+
+def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate each `_target_` entry of the logger/callbacks group (restricted packages)."""
+    objects = []
+    for name, node in (group or {}).items():
+        if node is None:
+            continue
+        target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
+        if not str(target).startswith(ALLOWED_TARGETS):
+            raise TlcliError(f"{what}.{name}._target_='{target}' is not allowed; use a lightning.* class")
+        objects.append(instantiate(node))
+    return objects
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+@dataclass
+class Job:
+    """Everything one training run needs, built from the config (no Trainer, no run dir)."""
+
+    strategy: Strategy
+    source: str
+    net: TransferNet
+    module: Any
+    datamodule: TransferDataModule
+
+
+def build(cfg: DictConfig) -> Job:
+    """Strategy, backbone with source weights, data, network and LightningModule, from one config."""
+    check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    strategy = get_strategy(cfg.strategy.name)
+    ext = cfg.strategy.extension
+    check_extension(strategy, list(ext.hidden_dims))
+
+    weights = cfg.model.weights if strategy.use_source_weights else None
+    if not strategy.use_source_weights and cfg.model.weights:
+        log.info("strategy=scratch: ignoring model.weights=%s (random init)", cfg.model.weights)
+    if strategy.use_source_weights and weights is None:
+        log.warning("strategy=%s with model.weights=null: the source network is randomly initialised", strategy.name)
+    backbone_kwargs = dict(in_chans=cfg.model.in_chans, drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
+    if cfg.model.drop_path_rate is not None:
+        backbone_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
+        backbone_kwargs["img_size"] = cfg.model.img_size
+    backbone, source = create_backbone(cfg.model.backbone, weights, **backbone_kwargs)
+
+    data_config = resolve_data_config(backbone, cfg.data, cfg.model.in_chans, cfg.model.img_size)
+    datamodule = TransferDataModule(cfg.data, data_config, cfg.seed)
+    datamodule.prepare_splits()
+
+    net = TransferNet(backbone, datamodule.num_classes, list(ext.hidden_dims), ext.activation, ext.norm, ext.dropout)
+    apply_strategy(strategy, net)
+    log.info(
+        "strategy=%s backbone=%s weights=%s params=%s",
+        strategy.name,
+        cfg.model.backbone,
+        source,
+        net.param_counts(),
+    )
+
+    from tl_cli.module import TransferModule
+
+    module = TransferModule(
+        net,
+        datamodule.num_classes,
+        dict(cfg.optim),
+        cfg.strategy.backbone_lr_mult,
+        backbone=cfg.model.backbone,
+        config=OmegaConf.to_container(cfg, resolve=False),
+    )
+    return Job(strategy, source, net, module, datamodule)
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit and test one configuration; returns the test accuracy (the metric sweepers optimise)."""
+    out = run_dir()
+    job = build(cfg)
+    strategy, source, net, module, datamodule = job.strategy, job.source, job.net, job.module, job.datamodule
+    data_config = datamodule.data_config
+    params = net.param_counts()
+    throughput = Throughput()
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput]
+    loggers = instantiate_group(cfg.logger, "logger")
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks, logger=loggers or False
+    )
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if best:  # validation metrics and weights of the selected (best-val) epoch
+        val_metrics["val/acc"] = float(trainer.checkpoint_callback.best_model_score)
+    test_results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=True)
+    metrics = {**val_metrics, **{k: float(v) for k, v in test_results[0].items()}}
+
+    (out / "labels.json").write_text(json.dumps(datamodule.classes, indent=1))
+    save_network(
+        net,
+        out / "model.safetensors",
+        {
+            "format": "tlcli",
+            "backbone": cfg.model.backbone,
+            "in_chans": cfg.model.in_chans,
+            "num_classes": datamodule.num_classes,
+            "strategy": strategy.name,
+        },
+    )
+    summary = {
+        "strategy": strategy.name,
+        "backbone": cfg.model.backbone,
+        "weights": source,
+        "dataset": cfg.data.name,
+        "samples_per_class": cfg.data.samples_per_class,
+        "num_classes": datamodule.num_classes,
+        "split_sizes": {s: len(d) for s, d in datamodule.splits.items()},
+        "split_notes": datamodule.notes,
+        "params": params,
+        "metrics": metrics,
+        "epochs": trainer.current_epoch,
+        "train_seconds": round(train_seconds, 3),
+        "train_images_per_second": round(throughput.images / throughput.seconds, 2) if throughput.seconds else 0.0,
+        "seed": cfg.seed,
+        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        "best_checkpoint": str(Path(best).relative_to(out)) if best else None,
+        "device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if trainer.is_global_zero:
+        print(f"test/acc: {metrics.get('test/acc', float('nan')):.4f}", flush=True)
+        print(f"run_dir: {out}", flush=True)
+    return float(metrics.get("test/acc", 0.0))
+
+
+def _fixed_input_size(name: str) -> bool:
+    """ViT-style models bake the input size into their position embeddings: pass img_size to timm."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return bool(cfg and getattr(cfg, "fixed_input_size", False))
+
+
+def quiet_framework_noise() -> None:
+    """Lightning logs through its own console handler; let Hydra's root handlers (console + train.log)
+    carry it instead of printing every line twice. Silence warnings that tlcli triggers on purpose."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    for message in (
+        ".*module\\(s\\) in eval mode.*",  # frozen parts are kept in eval mode deliberately
+        ".*exists and is not empty.*",  # the run dir already holds Hydra's .hydra/ and train.log
+        ".*LeafSpec.*",
+        ".*does not have many workers.*",  # in-memory datasets are fastest without workers on 2 cores
+        ".*smaller than the logging interval.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def main(cfg: DictConfig) -> float:
+    quiet_framework_noise()
+    torch.set_float32_matmul_precision("high")
+    return train(cfg)

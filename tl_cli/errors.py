@@ -55,7 +55,7 @@ def _known_config_keys() -> list[str]:
 def describe(ex: BaseException) -> tuple[str, int]:
     """Turn any exception into (one-line message, exit code)."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     if isinstance(ex, TlcliError):
         return one_line(str(ex)), EXIT_USAGE
@@ -69,9 +69,7 @@ def describe(ex: BaseException) -> tuple[str, int]:
     if isinstance(ex, OverrideParseException):
         return one_line(f"cannot parse override: {str(ex).splitlines()[0]}"), EXIT_USAGE
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
-    if isinstance(cause, ConfigKeyError) or (
-        isinstance(ex, ConfigCompositionException) and "not in struct" in str(cause)
-    ):
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))
         key = found.group(1) if found else "?"
         hint = did_you_mean(key, _known_config_keys())

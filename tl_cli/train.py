@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import time
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,22 @@ def check_config(cfg: DictConfig) -> None:
             raise TlcliError(f"{key}={value} must be positive")
     if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
         raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
+    hints = typing.get_type_hints(L.Trainer.__init__)
     valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
-    for key in cfg.trainer:
+    for key, value in cfg.trainer.items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
+        if isinstance(value, str) and not _accepts_string(hints.get(key, str), value):
+            raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
+
+
+def _accepts_string(hint: Any, value: str) -> bool:
+    """Whether a Trainer argument annotated `hint` takes the string `value` (str, or one of its Literals)."""
+    if hint is str or hint is Any:
+        return True
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    return any(_accepts_string(arg, value) for arg in typing.get_args(hint))
 
 
 def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:

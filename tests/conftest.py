@@ -1,0 +1,68 @@
+"""Shared fixtures: composed configs, real `tlcli` subprocess runs, small real weight/data files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TLCLI = Path(sys.executable).with_name("tlcli")
+# timm test models: tiny, one per architecture family
+BACKBONES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+
+
+def compose(overrides: list[str]):
+    """The train config exactly as `tlcli train <overrides>` composes it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from tl_cli.config import register_schemas
+    from tl_cli.paths import config_dir, register_resolvers
+
+    register_schemas()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def tlcli(tmp_path):
+    """Run the installed `tlcli` command; returns the CompletedProcess."""
+
+    def run(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
+        full_env = {**os.environ, "TLCLI_OUTPUT_DIR": str(tmp_path / "outputs"), **(env or {})}
+        full_env.pop("TLCLI_DEBUG", None)
+        return subprocess.run(
+            [str(TLCLI), *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd or tmp_path
+        )
+
+    return run
+
+
+def run_dir_of(result) -> Path:
+    """The run directory printed on the last stdout line (`run_dir: <path>`)."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("run_dir: "), last
+    return Path(last.removeprefix("run_dir: "))
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """Non-zero exit, exactly one non-empty stderr line naming the bad value, no traceback."""
+    assert result.returncode != 0, result.stdout[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    errors = [line for line in lines if line.startswith("tlcli: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

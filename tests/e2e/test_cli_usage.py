@@ -1,0 +1,89 @@
+"""The command line itself: help, Hydra flags, startup without torch, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, assert_one_line_error
+
+
+def test_help_lists_commands(tlcli) -> None:
+    result = tlcli("--help")
+    assert result.returncode == 0 and "train" in result.stdout
+
+
+def test_hydra_flags_work(tlcli) -> None:
+    job = tlcli("train", "--cfg", "job", "strategy=freeze", "model.backbone=test_vit", "+trainer.gradient_clip_val=1")
+    assert job.returncode == 0, job.stderr
+    assert "name: freeze" in job.stdout and "backbone: test_vit" in job.stdout and "gradient_clip_val: 1" in job.stdout
+    assert "strategy: extend_finetune" not in job.stdout
+    removed = tlcli("train", "--cfg", "job", "~logger")
+    assert removed.returncode == 0 and "CSVLogger" not in removed.stdout
+    helped = tlcli("train", "--help")
+    assert helped.returncode == 0 and "strategy: extend_finetune, extend_freeze, finetune, freeze, scratch" in (
+        helped.stdout
+    )
+
+
+def test_user_config_dir(tlcli, tmp_path: Path) -> None:
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "pets.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /strategy: freeze\ndata:\n  batch_size: 7\n"
+    )
+    result = tlcli("train", "--config-dir", str(tmp_path / "mine"), "experiment=pets", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert "batch_size: 7" in result.stdout and "name: freeze" in result.stdout
+
+
+def test_startup_does_not_import_torch() -> None:
+    code = (
+        "import sys; from tl_cli.cli import main; rc = main(['train', '--cfg', 'job']); "
+        "assert rc == 0; assert 'torch' not in sys.modules and 'lightning' not in sys.modules, 'heavy import'"
+    )
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    print(f"tlcli train --cfg job in-process: {time.perf_counter() - start:.2f}s")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["strategy=frezze"], ["unknown strategy 'frezze'", "did you mean 'freeze'"]),
+        (["data=mnist"], ["unknown dataset 'mnist'", "digits"]),
+        (["model.backbone=resnet19"], ["unknown timm backbone 'resnet19'", "resnet18"]),
+        (["model.backbon=resnet18"], ["unknown config key 'model.backbon'", "model.backbone"]),
+        (["trainer.max_epochs=abc"], ["trainer.max_epochs", "abc"]),
+        (["data.batch_size=abc"], ["data.batch_size", "abc"]),
+        (["data.batch_size=0"], ["data.batch_size=0 must be positive"]),
+        (["optim.lr=-1"], ["optim.lr=-1"]),
+        (["data=image_folder", "data.root=/nonexistent/pets"], ["/nonexistent/pets", "does not exist"]),
+        (["+trainer.max_epoch=3"], ["unknown trainer key 'max_epoch'", "max_epochs"]),
+        (["strategy=freeze", "strategy.extension.hidden_dims=[8]"], ["strategy=extend_freeze"]),
+        (["model.weights=/nonexistent/w.safetensors"], ["/nonexistent/w.safetensors"]),
+    ],
+)
+def test_bad_input_is_one_line(tlcli, args: list[str], needles: list[str]) -> None:
+    assert_one_line_error(tlcli("train", "experiment=smoke", *args), *needles)
+
+
+def test_unknown_command(tlcli) -> None:
+    assert_one_line_error(tlcli("trian"), "unknown command 'trian'", "did you mean 'train'")
+
+
+def test_hub_unreachable_is_quick_and_clear(tlcli) -> None:
+    start = time.perf_counter()
+    result = tlcli(
+        "train",
+        "experiment=smoke",
+        "strategy=freeze",
+        "model.weights=hub",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": "/nonexistent-cache"},
+    )
+    assert_one_line_error(result, "model.weights=hub", "model.weights=/path/to/weights.safetensors")
+    assert time.perf_counter() - start < 60  # includes interpreter + torch import on a busy 2-core box

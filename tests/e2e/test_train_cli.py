@@ -1,0 +1,127 @@
+"""Real `tlcli` subprocess runs on tiny configs: every strategy, a sweep, the run-dir contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.conftest import run_dir_of, summary_of
+
+SMOKE = ["experiment=smoke", "trainer.max_epochs=2"]
+STRATEGIES = ["freeze", "finetune", "extend_freeze", "extend_finetune", "scratch"]
+
+
+def assert_run_dir_contract(run_dir: Path, strategy: str) -> dict:
+    for name in (
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "checkpoints/best.ckpt",
+        "model.safetensors",
+        "labels.json",
+        "summary.json",
+        "metrics.csv",
+    ):
+        assert (run_dir / name).is_file(), name
+    summary = summary_of(run_dir)
+    assert summary["strategy"] == strategy and summary["backbone"] == "test_resnet"
+    p = summary["params"]
+    assert p["total"] == p["trainable"] + p["frozen"] > 0
+    assert (p["frozen"] > 0) == strategy in ("freeze", "extend_freeze")
+    for key in ("val/acc", "test/acc", "test/loss"):
+        assert 0 <= summary["metrics"][key] <= max(1.0, summary["metrics"][key])
+    assert summary["epochs"] == 2 and summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
+    labels = json.loads((run_dir / "labels.json").read_text())
+    assert len(labels) == summary["num_classes"]
+    keys = load_file(run_dir / "model.safetensors").keys()
+    prefixes = {k.split(".")[0] for k in keys}
+    assert prefixes == ({"backbone", "head", "extension"} if strategy.startswith("extend") else {"backbone", "head"})
+    with open(run_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {row["epoch"] for row in rows if row.get("val/acc")} == {"0", "1"}
+    return summary
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_end_to_end(tlcli, strategy: str) -> None:
+    result = tlcli("train", *SMOKE, f"strategy={strategy}")
+    run_dir = run_dir_of(result)
+    assert "test/acc:" in result.stdout
+    summary = assert_run_dir_contract(run_dir, strategy)
+    assert summary["metrics"]["test/acc"] > 0.5  # synthetic prototypes are learnable in 2 epochs
+
+
+def test_multirun_sweep_of_the_four_strategies(tlcli, tmp_path: Path) -> None:
+    result = tlcli(
+        "train",
+        "-m",
+        *SMOKE,
+        "strategy=freeze,finetune,extend_freeze,extend_finetune",
+        "hydra.sweep.dir=" + str(tmp_path / "sweep"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dirs = sorted(p for p in (tmp_path / "sweep").iterdir() if (p / "summary.json").exists())
+    assert [summary_of(d)["strategy"] for d in run_dirs] == ["freeze", "finetune", "extend_freeze", "extend_finetune"]
+    assert result.stdout.count("run_dir: ") == 4
+
+
+def test_embedded_default_source_model(tlcli) -> None:
+    """The default job (embedded Fashion-MNIST source -> digits), shortened to one epoch."""
+    result = tlcli("train", "trainer.max_epochs=1")
+    run_dir = run_dir_of(result)
+    summary = summary_of(run_dir)
+    assert summary["strategy"] == "extend_finetune" and summary["dataset"] == "digits"
+    assert summary["weights"].endswith("fashion_mnist_test_resnet.safetensors")
+    assert summary["metrics"]["test/acc"] > 0.5
+
+
+def test_chained_transfer_from_a_run_dir(tlcli) -> None:
+    first = run_dir_of(tlcli("train", *SMOKE, "strategy=scratch"))
+    second = run_dir_of(tlcli("train", *SMOKE, "strategy=freeze", f"model.weights={first}", "data.num_classes=3"))
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    backbone_keys = [k for k in a if k.startswith("backbone.")]
+    assert backbone_keys and all(torch.equal(a[k], b[k]) for k in backbone_keys)  # source kept, frozen
+    assert b["head.weight"].shape[0] == 3
+    assert summary_of(second)["weights"] == str(first / "model.safetensors")
+    # the Lightning checkpoint of a run is a valid source too
+    third = run_dir_of(tlcli("train", *SMOKE, "strategy=freeze", f"model.weights={first}/checkpoints/last.ckpt"))
+    assert summary_of(third)["weights"].endswith("last.ckpt")
+
+
+def test_hub_weights_from_a_preseeded_cache(tlcli, tmp_path: Path) -> None:
+    """model.weights=hub goes through timm's pretrained loading, served offline from the HF cache."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    source = timm.create_model("test_resnet")
+    repo = tmp_path / "hf" / "models--timm--test_resnet.r160_in1k"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(source.state_dict(), repo / "snapshots" / commit / "model.safetensors")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    run_dir = run_dir_of(tlcli("train", *SMOKE, "strategy=freeze", "model.weights=hub", env=env))
+    assert summary_of(run_dir)["weights"] == "hub:test_resnet"
+    trained = load_file(run_dir / "model.safetensors")
+    for key, value in source.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(trained[f"backbone.{key}"], value), key
+
+
+def test_tensorboard_logger(tlcli) -> None:
+    run_dir = run_dir_of(tlcli("train", *SMOKE, "strategy=freeze", "logger=tensorboard", "trainer.max_epochs=1"))
+    assert (run_dir / "metrics.csv").is_file()
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_model_file_metadata_names_the_backbone(tlcli) -> None:
+    run_dir = run_dir_of(tlcli("train", *SMOKE, "strategy=finetune", "trainer.max_epochs=1"))
+    with safe_open(str(run_dir / "model.safetensors"), framework="pt") as f:
+        assert f.metadata()["backbone"] == "test_resnet"

@@ -1,0 +1,139 @@
+"""Datasets and the datamodule on real data: digits, Fashion-MNIST idx files, image folders."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from tests.conftest import compose
+from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
+from tl_cli.data.datasets import FASHION_MNIST_ROOT
+from tl_cli.errors import TlcliError
+
+
+def datamodule(overrides: list[str], in_chans: int = 1, img_size: int = 32) -> TransferDataModule:
+    cfg = compose(["model=tiny", f"model.in_chans={in_chans}", *overrides])
+    backbone = timm.create_model("test_resnet", num_classes=0, in_chans=in_chans)
+    dm = TransferDataModule(cfg.data, resolve_data_config(backbone, cfg.data, in_chans, img_size), cfg.seed)
+    dm.prepare_splits()
+    return dm
+
+
+def labels_of(dm: TransferDataModule, split: str) -> np.ndarray:
+    return np.array([dm.splits[split][i][1] for i in range(len(dm.splits[split]))])
+
+
+def test_digits_splits_are_stratified_disjoint_and_seeded() -> None:
+    dm = datamodule(["data=digits"])
+    sizes = {s: len(d) for s, d in dm.splits.items()}
+    assert sum(sizes.values()) == 1797 and sizes["test"] == 360
+    idx = {s: set(d.indices.tolist()) for s, d in dm.splits.items()}
+    assert not (idx["train"] & idx["val"]) and not (idx["train"] & idx["test"]) and not (idx["val"] & idx["test"])
+    assert np.bincount(labels_of(dm, "test")).min() >= 34  # every class is in the test split
+    again = datamodule(["data=digits"])
+    assert np.array_equal(again.splits["val"].indices, dm.splits["val"].indices)
+    image, label = dm.splits["train"][0]
+    assert image.shape == (1, 32, 32) and image.dtype == torch.float32 and 0 <= label < 10
+    assert dm.classes == [str(i) for i in range(10)]
+
+
+def test_grayscale_gets_one_channel_normalisation() -> None:
+    dm = datamodule(["data=digits"])
+    assert len(dm.data_config["mean"]) == 1 and len(dm.data_config["std"]) == 1
+    rgb = datamodule(["data=digits"], in_chans=3)
+    assert rgb.splits["test"][0][0].shape == (3, 32, 32)
+
+
+def test_few_shot_subset_is_balanced_and_seeded() -> None:
+    dm = datamodule(["data=digits", "data.samples_per_class=5"])
+    assert np.array_equal(np.bincount(labels_of(dm, "train")), [5] * 10)
+    other_seed = datamodule(["data=digits", "data.samples_per_class=5", "seed=7"])
+    assert not np.array_equal(other_seed.splits["train"].indices, dm.splits["train"].indices)
+    with pytest.raises(TlcliError, match="samples_per_class=500"):
+        datamodule(["data=digits", "data.samples_per_class=500"])
+
+
+def test_class_filter_relabels() -> None:
+    dm = datamodule(["data=digits", "data.classes=[3,5,'8']"])
+    assert dm.classes == ["3", "5", "8"]
+    assert set(labels_of(dm, "val")) == {0, 1, 2}
+
+
+def test_augmentation_is_configurable() -> None:
+    dm = datamodule(["data=digits", "data.augment=false"])
+    assert dm.train_transform is dm.eval_transform
+    aug = datamodule(["data=digits", "data.aug.hflip=0.5"])
+    assert "RandomHorizontalFlip" in str(aug.train_transform)
+    with pytest.raises(TlcliError, match="unknown data.aug key 'flip'"):
+        datamodule(["data=digits", "+data.aug.flip=1"])
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_reader(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 200), ("t10k", 50)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    dm = datamodule(["data=fashion_mnist", f"data.root={tmp_path}"])
+    assert {s: len(d) for s, d in dm.splits.items()} == {"train": 180, "test": 50, "val": 20}
+    assert dm.classes[0] == "t-shirt_top" and len(dm.classes) == 10
+
+
+@pytest.mark.skipif(not Path(FASHION_MNIST_ROOT).is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_debian_package() -> None:
+    dm = datamodule(["data=fashion_mnist", "data.samples_per_class=3"])
+    assert len(dm.splits["test"]) == 10000 and len(dm.splits["val"]) == 6000 and len(dm.splits["train"]) == 30
+
+
+def test_fashion_mnist_missing_files_say_how_to_install(tmp_path: Path) -> None:
+    with pytest.raises(TlcliError, match="apt-get install -y dataset-fashion-mnist"):
+        datamodule(["data=fashion_mnist", f"data.root={tmp_path}"])
+
+
+def write_images(root: Path, classes: dict[str, int], size: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
+def test_image_folder_with_splits(tmp_path: Path) -> None:
+    write_images(tmp_path / "train", {"cat": 10, "dog": 10})
+    write_images(tmp_path / "test", {"cat": 3, "dog": 2})
+    dm = datamodule(["data=image_folder", f"data.root={tmp_path}", "data.val_fraction=0.2"], in_chans=3)
+    assert dm.classes == ["cat", "dog"]
+    assert {s: len(d) for s, d in dm.splits.items()} == {"train": 16, "test": 5, "val": 4}
+    assert np.array_equal(np.bincount(labels_of(dm, "val")), [2, 2])  # stratified hold-out
+    assert dm.splits["train"][0][0].shape == (3, 32, 32)
+
+
+def test_image_folder_flat_layout(tmp_path: Path) -> None:
+    write_images(tmp_path, {"a": 10, "b": 10, "c": 10})
+    dm = datamodule(["data=image_folder", f"data.root={tmp_path}"], in_chans=3)
+    assert sum(len(d) for d in dm.splits.values()) == 30 and len(dm.splits["test"]) == 6
+
+
+def test_image_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(TlcliError, match="does not exist"):
+        datamodule(["data=image_folder", f"data.root={tmp_path / 'nope'}"], in_chans=3)
+    write_images(tmp_path / "one" / "train", {"only": 4})
+    with pytest.raises(TlcliError, match="need at least 2"):
+        datamodule(["data=image_folder", f"data.root={tmp_path / 'one'}"], in_chans=3)
+
+
+def test_synthetic_is_seeded() -> None:
+    a, b = datamodule(["data=synthetic"]), datamodule(["data=synthetic"])
+    assert torch.equal(a.splits["train"][3][0], b.splits["train"][3][0])
+    assert len(a.splits["train"]) == 128 and a.num_classes == 4

@@ -218,3 +218,4 @@ def save_network(net: nn.Module, path: Path, metadata: dict[str, Any]) -> None:
         metadata={k: json.dumps(v) if not isinstance(v, str) else v for k, v in metadata.items()},
     )
     os.replace(tmp, path)
+    os.chmod(path, 0o644)  # safetensors writes 0600; run outputs are meant to be shared

@@ -67,7 +67,7 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "adamw"  # any timm optimizer name
-    lr: float = 1e-3
+    lr: float = 1e-2
     weight_decay: float = 0.05
     momentum: float = 0.9
     scheduler: str = "cosine"  # cosine | constant

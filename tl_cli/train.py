@@ -56,10 +56,11 @@ def check_config(cfg: DictConfig) -> None:
         raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
     hints = typing.get_type_hints(L.Trainer.__init__)
     valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
-    for key, value in cfg.trainer.items():
+    for key, value in OmegaConf.to_container(cfg.trainer, resolve=False).items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
-        if isinstance(value, str) and not _accepts_string(hints.get(key, str), value):
+        interpolation = isinstance(value, str) and value.startswith("${")
+        if isinstance(value, str) and not interpolation and not _accepts_string(hints.get(key, str), value):
             raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
 
 

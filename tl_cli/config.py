@@ -58,6 +58,8 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     interpolation: str | None = None
+    cache_features: str = "auto"  # auto | true | false: frozen-backbone features computed once
+    feature_cache_dir: str | None = None  # persist the feature cache here (memory-mapped); null = memory only
     # synthetic data only
     num_classes: int = 4
     image_size: int = 32

@@ -18,8 +18,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from tl_cli import STARTED_AT
 from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.features import cache_decision, cached_feature_splits
 from tl_cli.network import TransferNet
 from tl_cli.strategies import Strategy, apply_strategy, check_extension, get_strategy
 from tl_cli.weights import create_backbone, save_network
@@ -35,6 +37,11 @@ class Throughput(L.Callback):
 
     def __init__(self) -> None:
         self.seconds, self.images, self._start = 0.0, 0, 0.0
+        self.first_step_at: float | None = None  # seconds since process start
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time() - STARTED_AT
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
@@ -163,6 +170,20 @@ def train(cfg: DictConfig) -> float:
     )
 
     start = time.perf_counter()
+    use_cache, why = cache_decision(cfg.data.cache_features, strategy.train_backbone, cfg.data.augment)
+    log.info("feature cache %s: %s", "on" if use_cache else "off", why)
+    if use_cache:
+        datamodule.use_features(
+            cached_feature_splits(
+                net.to(trainer.strategy.root_device),
+                datamodule,
+                trainer.strategy.root_device,
+                trainer.precision_plugin.forward_context,
+                cfg.data.feature_cache_dir,
+                extra={"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root},
+            )
+        )
+        module.inputs_are_features = True
     trainer.fit(module, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -203,6 +224,8 @@ def train(cfg: DictConfig) -> float:
         "best_checkpoint": str(Path(best).relative_to(out)) if best else None,
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
+        "feature_cache": use_cache,
+        "seconds_to_first_step": round(throughput.first_step_at or 0.0, 3),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if trainer.is_global_zero:

@@ -107,6 +107,7 @@ class TransferDataModule(L.LightningDataModule):
         self.train_transform, self.eval_transform = build_transforms(data_config, cfg.augment, cfg.aug)
         self.classes: list[str] = []
         self.splits: dict[str, TransformedSubset] = {}
+        self.features: dict[str, Dataset] = {}  # set by use_features(): cached backbone outputs per split
         self.notes: dict[str, str] = {}
 
     @property
@@ -163,10 +164,19 @@ class TransferDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare_splits()
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = self.splits[split]
+    def use_features(self, features: dict[str, Dataset]) -> None:
+        """Serve cached (feature, label) pairs instead of images from now on."""
+        self.features = features
+
+    def eval_loader(self, split: str) -> DataLoader:
+        """A split's images in order (no shuffling, nothing dropped), e.g. for feature extraction."""
+        return self._loader(split, train=False, images=True)
+
+    def _loader(self, split: str, train: bool, images: bool = False) -> DataLoader:
+        cached = split in self.features and not images
+        dataset = self.features[split] if cached else self.splits[split]
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
-        workers = self.cfg.num_workers
+        workers = 0 if cached else self.cfg.num_workers  # in-memory tensors: workers only add overhead
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -1,0 +1,124 @@
+"""Frozen features computed once: for `freeze`/`extend_freeze` the backbone is a fixed function, so
+with a deterministic train transform its outputs can be computed in one pass and reused every epoch.
+
+The cache lives in memory, or on disk (`data.feature_cache_dir`, memory-mapped .npy) keyed by
+backbone weights, eval transform and the exact samples of each split; any change gives a new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from tl_cli.errors import TlcliError
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "true", "false")
+
+
+def cache_decision(mode: object, train_backbone: bool, augment: bool) -> tuple[bool, str]:
+    """Whether to cache, and why (logged): only when the backbone is frozen and inputs are deterministic."""
+    mode = str(mode).lower()
+    if mode not in CACHE_MODES:
+        raise TlcliError(f"data.cache_features={mode} is not one of {', '.join(CACHE_MODES)}")
+    if mode == "false":
+        return False, "data.cache_features=false"
+    if train_backbone:
+        if mode == "true":
+            raise TlcliError("data.cache_features=true needs a frozen backbone; use strategy=freeze or extend_freeze")
+        return False, "the backbone trains, its features change every step"
+    if augment:
+        if mode == "true":
+            raise TlcliError("data.cache_features=true needs a deterministic train transform; set data.augment=false")
+        return False, "train augmentation is on (data.augment=true), so features differ every epoch"
+    return True, "frozen backbone and deterministic transforms: features are computed once"
+
+
+class MappedFeatures(Dataset):
+    """(feature, label) rows of memory-mapped arrays, for caches larger than memory."""
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.array(self.features[i])), int(self.labels[i])
+
+
+def cache_key(backbone: torch.nn.Module, transform: object, splits: dict[str, object], extra: dict) -> str:
+    """sha256 over the backbone's tensors, the eval transform and every split's sample indices."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr(transform).encode())
+    h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    for split, subset in sorted(splits.items()):
+        h.update(split.encode())
+        h.update(np.asarray(subset.indices, dtype=np.int64).tobytes())
+        h.update(json.dumps(sorted(subset.label_map.items())).encode())
+    return h.hexdigest()[:24]
+
+
+@torch.inference_mode()
+def extract(net, loader: DataLoader, device: torch.device, forward_context) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the (eval-mode) backbone over a loader."""
+    feats, labels = [], []
+    for images, y in loader:
+        with forward_context():
+            feats.append(net.forward_features(images.to(device)).float().cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def cached_feature_splits(net, datamodule, device, forward_context, cache_dir: str | None, extra: dict) -> dict:
+    """Feature datasets for every split, from the disk cache when its key matches, else computed now.
+
+    The extraction runs under a forked RNG so the training that follows draws the same random numbers
+    as it would without the cache.
+    """
+    was_training = net.backbone.training
+    net.backbone.eval()
+    key = cache_key(net.backbone, datamodule.eval_transform, datamodule.splits, extra) if cache_dir else None
+    folder = Path(cache_dir).expanduser() / key if key else None
+    if folder is not None and (folder / "done").is_file():
+        log.info("feature cache hit: %s", folder)
+        return {
+            split: MappedFeatures(np.load(folder / f"{split}.x.npy", mmap_mode="r"), np.load(folder / f"{split}.y.npy"))
+            for split in datamodule.splits
+        }
+    result: dict[str, Dataset] = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for split in datamodule.splits:
+            x, y = extract(net, datamodule.eval_loader(split), device, forward_context)
+            result[split] = TensorDataset(x, y)
+    net.backbone.train(was_training)
+    if folder is not None:
+        _write(folder, result)
+    return result
+
+
+def _write(folder: Path, result: dict[str, TensorDataset]) -> None:
+    """Write to a temp folder, then rename: a killed run never leaves a half-written cache entry."""
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for split, ds in result.items():
+        np.save(tmp / f"{split}.x.npy", ds.tensors[0].numpy())
+        np.save(tmp / f"{split}.y.npy", ds.tensors[1].numpy())
+    (tmp / "done").write_text("ok")
+    if folder.exists():
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, folder)
+    log.info("feature cache written: %s", folder)

@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install train test test-all lint format smoke source-model fashion-mnist clean
+.PHONY: install train test test-all lint format smoke source-model fashion-mnist bench clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,13 @@ format: install
 smoke: install
 	$(TLCLI) train experiment=smoke
 	$(TLCLI) train -m experiment=smoke strategy=freeze,finetune,extend_freeze,extend_finetune
+
+# Benchmarks: each prints a table with its baseline measured in the same run, and the ratio.
+bench: install fashion-mnist
+	$(PY) -m benchmarks.bench_startup
+	$(PY) -m benchmarks.bench_throughput
+	$(PY) -m benchmarks.bench_precision
+	$(PY) -m benchmarks.bench_cache
 
 # Rebuild the embedded source model from its recipe (configs/experiment/source_fashion_mnist.yaml).
 source-model: install fashion-mnist

@@ -72,17 +72,24 @@ def cache_key(backbone: torch.nn.Module, transform: object, splits: dict[str, ob
 
 
 @torch.inference_mode()
-def extract(net, loader: DataLoader, device: torch.device, forward_context) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of the (eval-mode) backbone over a loader."""
+def extract(
+    net, loader: DataLoader, device: torch.device, forward_context, channels_last: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the (eval-mode) backbone over a loader, in the training run's precision and memory format."""
     feats, labels = [], []
     for images, y in loader:
+        images = images.to(device)
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         with forward_context():
-            feats.append(net.forward_features(images.to(device)).float().cpu())
+            feats.append(net.forward_features(images).float().cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels)
 
 
-def cached_feature_splits(net, datamodule, device, forward_context, cache_dir: str | None, extra: dict) -> dict:
+def cached_feature_splits(
+    net, datamodule, device, forward_context, cache_dir: str | None, extra: dict, channels_last: bool = False
+) -> dict:
     """Feature datasets for every split, from the disk cache when its key matches, else computed now.
 
     The extraction runs under a forked RNG so the training that follows draws the same random numbers
@@ -101,7 +108,7 @@ def cached_feature_splits(net, datamodule, device, forward_context, cache_dir: s
     result: dict[str, Dataset] = {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for split in datamodule.splits:
-            x, y = extract(net, datamodule.eval_loader(split), device, forward_context)
+            x, y = extract(net, datamodule.eval_loader(split), device, forward_context, channels_last)
             result[split] = TensorDataset(x, y)
     net.backbone.train(was_training)
     if folder is not None:

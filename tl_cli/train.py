@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tl_cli import STARTED_AT
+from tl_cli import STARTED_AT, speed
 from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.features import cache_decision, cached_feature_splits
@@ -66,7 +66,7 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in OmegaConf.to_container(cfg.trainer, resolve=False).items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
-        interpolation = isinstance(value, str) and value.startswith("${")
+        interpolation = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
         if isinstance(value, str) and not interpolation and not _accepts_string(hints.get(key, str), value):
             raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
 
@@ -165,9 +165,16 @@ def train(cfg: DictConfig) -> float:
     throughput = Throughput()
     callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput]
     loggers = instantiate_group(cfg.logger, "logger")
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True), callbacks=callbacks, logger=loggers or False
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    precision, channels_last, precision_reason = speed.resolve(
+        trainer_args.get("precision", "auto"), cfg.model.channels_last, str(trainer_args.get("accelerator", "auto"))
     )
+    trainer_args["precision"] = precision
+    log.info("precision=%s channels_last=%s (%s)", precision, channels_last, precision_reason)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+        module.channels_last = True
+    trainer = L.Trainer(**trainer_args, callbacks=callbacks, logger=loggers or False)
 
     start = time.perf_counter()
     use_cache, why = cache_decision(cfg.data.cache_features, strategy.train_backbone, cfg.data.augment)
@@ -181,6 +188,7 @@ def train(cfg: DictConfig) -> float:
                 trainer.precision_plugin.forward_context,
                 cfg.data.feature_cache_dir,
                 extra={"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root},
+                channels_last=channels_last,
             )
         )
         module.inputs_are_features = True
@@ -224,6 +232,7 @@ def train(cfg: DictConfig) -> float:
         "best_checkpoint": str(Path(best).relative_to(out)) if best else None,
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
+        "channels_last": channels_last,
         "feature_cache": use_cache,
         "seconds_to_first_step": round(throughput.first_step_at or 0.0, 3),
     }

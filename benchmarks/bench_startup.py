@@ -1,0 +1,58 @@
+"""Startup: `tlcli --help`, `tlcli train --cfg job` (neither imports torch) and the embedded default's
+time to its first training step; `python -c pass` is the baseline.
+
+    python -m benchmarks.bench_startup
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import machine, median, table
+
+TLCLI = str(Path(sys.executable).with_name("tlcli"))
+
+
+def timed(cmd: list[str], env: dict | None = None, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True, env={**os.environ, **(env or {})})
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def main() -> None:
+    base = timed([sys.executable, "-c", "pass"])
+    rows = [["python -c pass (baseline)", f"{base:.2f}", "1.0"]]
+    for label, cmd in (
+        ("tlcli --help", [TLCLI, "--help"]),
+        ("tlcli train --cfg job", [TLCLI, "train", "--cfg", "job"]),
+    ):
+        t = timed(cmd)
+        rows.append([label, f"{t:.2f}", f"{t / base:.1f}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [TLCLI, "train", "trainer.max_epochs=1"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TLCLI_OUTPUT_DIR": tmp},
+        )
+        run_dir = Path(out.stdout.strip().splitlines()[-1].removeprefix("run_dir: "))
+        first = json.loads((run_dir / "summary.json").read_text())["seconds_to_first_step"]
+    rows.append(
+        ["tlcli train (embedded default): process start -> first training step", f"{first:.2f}", f"{first / base:.1f}"]
+    )
+    print(f"\nstartup: {machine()}")
+    print(table(["command", "seconds (median of 5)", "x baseline"], rows))
+
+
+if __name__ == "__main__":
+    main()

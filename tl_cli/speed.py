@@ -1,0 +1,51 @@
+"""Fast defaults, by a documented rule backed by benchmarks/bench_precision.py.
+
+`trainer.precision=auto`: bf16-mixed where the hardware has native bf16 (CUDA GPUs with bf16, CPUs with
+AVX512-BF16 or AMX), 16-mixed on older GPUs, else 32-true. `model.channels_last=auto`: on whenever
+the precision is a 16-bit one (NHWC feeds the bf16 convolution kernels directly).
+Measured on a 2-core AVX512-BF16 CPU (README, Performance): bf16 + channels_last trains 1.5-1.7x faster
+than fp32 for test_resnet at 32 px and resnet18 at 64 and 224 px.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def uses_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def auto_precision(accelerator: str) -> tuple[str, str]:
+    """(precision, reason) for trainer.precision=auto."""
+    if uses_gpu(accelerator):
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bf16-mixed", "GPU supports bf16"
+        return "16-mixed", "GPU without bf16"
+    if cpu_has_native_bf16():
+        return "bf16-mixed", "CPU has native bf16 (AVX512-BF16/AMX)"
+    return "32-true", "CPU without native bf16"
+
+
+def resolve(precision: object, channels_last: object, accelerator: str) -> tuple[str, bool, str]:
+    """Turn `auto` settings into concrete ones; returns (precision, channels_last, reason)."""
+    reason = "set in config"
+    if str(precision) == "auto":
+        precision, reason = auto_precision(accelerator)
+    if str(channels_last).lower() == "auto":
+        channels_last = str(precision).startswith(("bf16", "16"))
+    else:
+        channels_last = str(channels_last).lower() in ("true", "1", "yes")
+    return str(precision), bool(channels_last), reason

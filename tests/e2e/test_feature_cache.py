@@ -42,8 +42,9 @@ def test_disk_cache_is_reused_and_invalidated(tlcli, tmp_path: Path) -> None:
 
 
 def test_auto_stays_off_with_augmentation_and_says_why(tlcli) -> None:
-    result = tlcli("train", "experiment=smoke", "model=embedded", "strategy=freeze", "data.augment=true",
-                   "trainer.max_epochs=1")
+    result = tlcli(
+        "train", "experiment=smoke", "model=embedded", "strategy=freeze", "data.augment=true", "trainer.max_epochs=1"
+    )
     assert summary_of(run_dir_of(result))["feature_cache"] is False
     assert "train augmentation is on" in result.stdout + result.stderr
 

@@ -6,15 +6,27 @@ Kept light: torch, timm and Lightning are imported only inside the task function
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
 
 from tl_cli import __version__
-from tl_cli.errors import EXIT_USAGE, choose_from, report
+from tl_cli.errors import EXIT_USAGE, TlcliError, choose_from, report
 
 COMMANDS: dict[str, str] = {
     "train": "fit a transfer strategy on a timm backbone, test it, write a run directory",
+    "eval": "metrics of a trained run on any split or dataset: metrics.json + confusion matrix",
+    "predict": "classify image files with a trained run: predictions CSV with top-k",
+    "export": "write a trained run as a standalone onnx / torchscript / safetensors model",
+}
+
+# The module whose `main(cfg)` runs each command; imported only when the command runs.
+_MODULES: dict[str, str] = {
+    "train": "tl_cli.train",
+    "eval": "tl_cli.evaluate",
+    "predict": "tl_cli.predict",
+    "export": "tl_cli.export",
 }
 
 USAGE = f"""tlcli {__version__}: transfer learning on timm backbones (Lightning + Hydra)
@@ -30,15 +42,16 @@ examples:
   tlcli train -m strategy=freeze,finetune,extend_freeze,extend_finetune
   tlcli train --help                              # all config groups and Hydra flags
   tlcli train --cfg job                           # print the composed config
+  tlcli eval ckpt=<run dir>                       # metrics on the run's test split
+  tlcli predict ckpt=<run dir> inputs=photos/     # predictions.csv
+  tlcli export ckpt=<run dir> format=onnx         # <run dir>/export/model.onnx
 """
 
 
 def _task(command: str) -> Callable:
     def task(cfg) -> float | None:
         try:
-            if command == "train":
-                from tl_cli.train import main as run
-            return run(cfg)
+            return importlib.import_module(_MODULES[command]).main(cfg)
         except SystemExit:
             raise
         except BaseException as ex:  # one line, no traceback; inside Hydra so multirun stops cleanly
@@ -47,13 +60,32 @@ def _task(command: str) -> Callable:
     return task
 
 
+def _stray_data_override(command: str, args: list[str]) -> str | None:
+    """eval's data group stays empty (= the run's own data) until data=<name> picks one, so a lone
+    data.<key>=... would reach Hydra as an obscure AssertionError; find it to name it instead."""
+    if command != "eval" or any(a.split("=", 1)[0].lstrip("+~") == "data" for a in args):
+        return None
+    return next((a for a in args if a.lstrip("+~").startswith("data.")), None)
+
+
 def run_hydra(command: str, args: list[str]) -> int:
     import hydra
 
+    stray = _stray_data_override(command, args)
+    if stray:
+        return report(
+            TlcliError(
+                f"{stray} needs a dataset: eval uses the run's own data unless data=<name> picks one; "
+                f"e.g. 'data=image_folder {stray}'"
+            )
+        )
+
+    from tl_cli.command_config import register_command_schemas
     from tl_cli.config import register_schemas
     from tl_cli.paths import config_dir, register_resolvers
 
     register_schemas()
+    register_command_schemas()
     register_resolvers()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -82,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
         return report(choose_from("command", command, COMMANDS)) or EXIT_USAGE
+    if command == "train" and any(a.startswith("resume=") for a in args):
+        from tl_cli.resume import resume_args
+
+        try:
+            args = resume_args(args)
+        except TlcliError as ex:
+            return report(ex)
     return run_hydra(command, args)
 
 

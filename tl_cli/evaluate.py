@@ -1,0 +1,218 @@
+"""`tlcli eval`: accuracy, top-5, macro-F1, per-class precision/recall and a confusion matrix of a trained model.
+
+By default the run's own dataset and seed are used, so `split=test` is exactly the split training held out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from tl_cli.errors import TlcliError, choose_from
+from tl_cli.runs import TrainedModel, device_of, load_model, output_folder, require
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train", "all")
+USAGE = "tlcli eval ckpt=<run dir or .ckpt> [split=test|val|train|all] [data=<name> data.root=...]"
+
+
+def main(cfg: DictConfig) -> float:
+    """Evaluate, write metrics.json and confusion_matrix.png; returns the accuracy (for sweeps)."""
+    require(cfg, ("ckpt",), USAGE)
+    if cfg.split not in SPLITS:
+        raise choose_from("split", cfg.split, SPLITS)
+    if cfg.batch_size <= 0:
+        raise TlcliError(f"batch_size={cfg.batch_size} must be positive")
+    model = load_model(cfg.ckpt)
+    data_cfg = eval_data_config(cfg, model)
+    seed = cfg.seed if cfg.seed is not None else run_seed(model)
+    dataset, data_classes = build_split(data_cfg, model, seed, cfg.split)
+    if not model.labels_known and len(data_classes) == len(model.classes):
+        log.warning("no labels.json: taking the dataset's class names, in its order: %s", data_classes)
+        model.classes = data_classes
+    to_model = class_index_map(data_classes, model.classes)
+
+    start = time.perf_counter()
+    logits, targets = infer(model.net, dataset, cfg.batch_size, data_cfg.num_workers, device_of(cfg.device))
+    seconds = time.perf_counter() - start
+    targets = to_model[targets]
+    metrics, per_class, matrix = compute_metrics(logits, targets, len(model.classes))
+
+    out = output_folder(model, cfg.output_dir, "eval")
+    png = out / "confusion_matrix.png"
+    title = f"{data_cfg.name} / {cfg.split}: {len(targets)} images, acc {metrics['acc']:.4f}"
+    plot_confusion_matrix(matrix, model.classes, png, title)
+    report = {
+        "ckpt": str(cfg.ckpt),
+        "weights": str(model.weights),
+        "dataset": data_cfg.name,
+        "data_root": data_cfg.root,
+        "split": cfg.split,
+        "seed": seed,
+        "num_images": len(targets),
+        "metrics": metrics,
+        "per_class": {
+            name: {key: per_class[key][i] for key in ("precision", "recall", "support")}
+            for i, name in enumerate(model.classes)
+        },
+        "classes": model.classes,
+        "confusion_matrix": matrix.tolist(),  # rows: true class, columns: predicted class
+        "confusion_matrix_png": png.name,
+        "seconds": round(seconds, 3),
+    }
+    path = out / "metrics.json"
+    path.write_text(json.dumps(report, indent=2))
+    print_report(report)
+    print(f"confusion_matrix: {png}", flush=True)
+    print(f"metrics: {path}", flush=True)
+    return metrics["acc"]
+
+
+def eval_data_config(cfg: DictConfig, model: TrainedModel) -> DictConfig:
+    """data=<name> when given, else the run's own data config; always without train augmentation."""
+    data = OmegaConf.merge(cfg.data, {}) if cfg.data is not None else run_data_config(model)
+    if data is None:
+        raise TlcliError(f"ckpt={cfg.ckpt} carries no training data config; pick a dataset: data=<name> data.root=...")
+    data.augment = False  # split=train is measured with the deterministic eval transform
+    return data
+
+
+def run_data_config(model: TrainedModel) -> DictConfig | None:
+    """The run's data config over today's schema defaults (a run from an older tlcli lacks newer keys)."""
+    from tl_cli.config import DataConfig
+
+    if model.config is None or OmegaConf.select(model.config, "data") is None:
+        return None
+    saved = OmegaConf.to_container(model.config.data, resolve=False)
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    dropped = sorted(k for k in saved if k not in known)
+    if dropped:
+        log.warning("ignoring data keys this tlcli does not know: %s", ", ".join(dropped))
+    data = OmegaConf.merge(OmegaConf.structured(DataConfig), {k: v for k, v in saved.items() if k not in dropped})
+    data.augment = False
+    return data
+
+
+def run_seed(model: TrainedModel) -> int:
+    """The seed the run was trained with: it decides which images its held-out splits contain."""
+    seed = OmegaConf.select(model.config, "seed") if model.config is not None else None
+    return int(seed or 0)
+
+
+def build_split(data_cfg: DictConfig, model: TrainedModel, seed: int, split: str) -> tuple[Dataset, list[str]]:
+    """The split's images through the model's own eval transform, and the dataset's class names."""
+    from tl_cli.data.datamodule import TransferDataModule
+
+    datamodule = TransferDataModule(data_cfg, dict(model.data_config), seed)
+    datamodule.prepare_splits()
+    splits = datamodule.splits
+    dataset = ConcatDataset(list(splits.values())) if split == "all" else splits[split]
+    if len(dataset) == 0:
+        raise TlcliError(f"split={split} of data={data_cfg.name} is empty; pick another split")
+    log.info("%s/%s: %d images, %d classes", data_cfg.name, split, len(dataset), len(datamodule.classes))
+    return dataset, list(datamodule.classes)
+
+
+def class_index_map(data_classes: list[str], model_classes: list[str]) -> torch.Tensor:
+    """Dataset label -> model output index, by class name; names the model never saw are an error."""
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        shown = ", ".join(model_classes[:10]) + (", ..." if len(model_classes) > 10 else "")
+        raise TlcliError(
+            f"dataset class '{unknown[0]}' ({len(unknown)} of {len(data_classes)} names) is not in the checkpoint's "
+            f"labels.json ({shown}); evaluate on data with the model's classes, or keep them with data.classes=[...]"
+        )
+    return torch.tensor([model_classes.index(c) for c in data_classes], dtype=torch.long)
+
+
+@torch.inference_mode()
+def infer(
+    net: torch.nn.Module, dataset: Dataset, batch_size: int, workers: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of the whole dataset, in order."""
+    net.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    logits, targets = [], []
+    for images, labels in loader:
+        logits.append(net(images.to(device)).float().cpu())
+        targets.append(torch.as_tensor(labels))
+    return torch.cat(logits), torch.cat(targets).long()
+
+
+def compute_metrics(
+    logits: torch.Tensor, targets: torch.Tensor, num_classes: int
+) -> tuple[dict[str, float], dict[str, list[float]], torch.Tensor]:
+    """(summary metrics, per-class precision/recall/support, confusion matrix) with torchmetrics."""
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+        multiclass_f1_score,
+        multiclass_precision,
+        multiclass_recall,
+    )
+
+    n = num_classes
+    metrics = {"acc": float(multiclass_accuracy(logits, targets, n, average="micro"))}
+    if n > 5:
+        metrics["top5_acc"] = float(multiclass_accuracy(logits, targets, n, average="micro", top_k=5))
+    # macro: classes absent from both labels and predictions are left out of the mean (torchmetrics)
+    metrics["macro_f1"] = float(multiclass_f1_score(logits, targets, n, average="macro"))
+    metrics["loss"] = float(torch.nn.functional.cross_entropy(logits, targets))
+    per_class = {
+        "precision": multiclass_precision(logits, targets, n, average=None).tolist(),
+        "recall": multiclass_recall(logits, targets, n, average=None).tolist(),
+        "support": torch.bincount(targets, minlength=n).tolist(),
+    }
+    return metrics, per_class, multiclass_confusion_matrix(logits, targets, n)
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
+    """Counts, coloured by the fraction of each true class, class names on both axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    counts = matrix.numpy()
+    fractions = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+    n = len(classes)
+    side = min(4 + 0.45 * n, 40)
+    names = [c if len(c) <= 18 else c[:17] + "…" for c in classes]
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class", title=title)
+    font = max(5, 11 - n // 10)
+    tilt = n > 4 and max(len(c) for c in names) > 2  # long names side by side would overlap
+    ax.set_xticklabels(names, rotation=45 if tilt else 0, ha="right" if tilt else "center", fontsize=font)
+    ax.set_yticklabels(names, fontsize=font)
+    if n <= 40:  # beyond that the numbers would not be legible
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    color = "white" if fractions[i, j] > 0.5 else "black"
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=font)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Headline metrics, and the per-class table when it is short enough to read."""
+    print(f"eval {report['dataset']}/{report['split']}: {report['num_images']} images", flush=True)
+    for key, value in report["metrics"].items():
+        print(f"{key}: {value:.4f}")
+    if len(report["per_class"]) <= 20:
+        width = max(5, *(len(c) for c in report["per_class"]))
+        print(f"{'class':<{width}}  precision  recall  support")
+        for name, row in report["per_class"].items():
+            print(f"{name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['support']:7d}")

@@ -1,0 +1,153 @@
+"""`tlcli predict`: classify image files with a trained model, in batches, through its own eval transform.
+
+Files that cannot be read as images are reported, skipped and counted; they never stop the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from torch.utils.data import DataLoader, Dataset
+
+from tl_cli.errors import TlcliError
+from tl_cli.runs import device_of, load_model, require
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("path", "label", "score", "topk_labels", "topk_scores")
+SEPARATOR = "|"  # joins the top-k labels and scores inside one CSV cell
+USAGE = "tlcli predict ckpt=<run dir or .ckpt> inputs=<image file, folder or glob> [topk=5] [output=preds.csv]"
+
+
+def main(cfg: DictConfig) -> int:
+    """Write the predictions CSV; returns the number of images predicted."""
+    require(cfg, ("ckpt", "inputs"), USAGE)
+    for key, low in (("topk", 1), ("batch_size", 1), ("num_workers", 0)):
+        if cfg[key] < low:
+            raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
+    paths = collect_inputs(cfg.inputs)
+    model = load_model(cfg.ckpt)
+    device = device_of(cfg.device)
+    net = model.net.to(device)
+    k = min(cfg.topk, len(model.classes))
+    dataset = ImageFiles(paths, model.eval_transform(), model.image_mode)
+    loader = DataLoader(
+        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate, shuffle=False
+    )
+    output = Path(cfg.output).expanduser().resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")  # never leave a half-written CSV under the real name
+
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    done, skipped = 0, []
+    start = time.perf_counter()
+    with (
+        open(partial, "w", newline="") as f,
+        logging_redirect_tqdm(),  # skip warnings print above the bar, not through it
+        tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= cfg.batch_size) as bar,
+        torch.inference_mode(),
+    ):
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for indices, images, bad in loader:
+            for index, reason in bad:
+                log.warning("skipped %s: %s", paths[index], reason)
+                skipped.append(paths[index])
+            if images is not None:
+                probs = net(images.to(device)).float().softmax(dim=1)
+                scores, labels = probs.topk(k, dim=1)
+                for index, row_scores, row_labels in zip(indices, scores.tolist(), labels.tolist(), strict=True):
+                    names = [model.classes[c] for c in row_labels]
+                    writer.writerow(
+                        [
+                            paths[index],
+                            names[0],
+                            f"{row_scores[0]:.6f}",
+                            SEPARATOR.join(names),
+                            SEPARATOR.join(f"{s:.6f}" for s in row_scores),
+                        ]
+                    )
+                done += len(indices)
+            bar.update(len(indices) + len(bad))
+    seconds = time.perf_counter() - start
+    if not done:
+        partial.unlink()
+        raise TlcliError(
+            f"none of the {len(paths)} input files could be read as an image (e.g. {skipped[0]}); "
+            f"check inputs={_shown(cfg.inputs)}"
+        )
+    partial.replace(output)
+    print(
+        f"predicted {done} images, skipped {len(skipped)} unreadable files, in {seconds:.2f} s "
+        f"({done / seconds:.1f} images/s)",
+        flush=True,
+    )
+    print(f"predictions: {output}", flush=True)
+    return done
+
+
+def collect_inputs(inputs: str | Iterable[str]) -> list[str]:
+    """Files named by `inputs`: files, folders (recursive, hidden entries skipped), globs, or a list of those."""
+    items = [str(i) for i in inputs] if isinstance(inputs, (list, tuple, ListConfig)) else [str(inputs)]
+    found: dict[str, None] = {}  # ordered set
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_file():
+            matches = [str(path)]
+        elif path.is_dir():
+            matches = [
+                str(p)
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            ]
+        elif glob.has_magic(item):
+            matches = [p for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
+        else:
+            raise TlcliError(
+                f"inputs={item} does not exist; pass an image file, a folder or a glob like 'photos/*.jpg'"
+            )
+        found.update(dict.fromkeys(matches))
+    if not found:
+        raise TlcliError(f"inputs={_shown(inputs)} matches no files; pass an image file, a folder or a glob")
+    return list(found)
+
+
+class ImageFiles(Dataset):
+    """(index, image tensor or None, why not) per file: a bad file is a result, not an exception."""
+
+    def __init__(self, paths: list[str], transform, mode: str) -> None:
+        self.paths, self.transform, self.mode = paths, transform, mode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[index]) as image:
+                return index, self.transform(image.convert(self.mode)), ""
+        except Exception as ex:  # any decoder failure (corrupt, truncated, not an image) skips just this file
+            return index, None, " ".join(f"{type(ex).__name__}: {ex}".split())[:200]
+
+
+def collate(items: list[tuple[int, torch.Tensor | None, str]]):
+    """(indices of good files, their stacked images or None, [(index, reason)] of bad files)."""
+    good = [(i, image) for i, image, _ in items if image is not None]
+    bad = [(i, reason) for i, image, reason in items if image is None]
+    images = torch.stack([image for _, image in good]) if good else None
+    return [i for i, _ in good], images, bad
+
+
+def _shown(inputs: object) -> str:
+    return ",".join(str(i) for i in inputs) if isinstance(inputs, (list, tuple, ListConfig)) else str(inputs)

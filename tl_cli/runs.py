@@ -1,0 +1,273 @@
+"""Load a trained tlcli model for eval, predict and export.
+
+Accepted: a run directory, one of its Lightning checkpoints (`checkpoints/*.ckpt`), or a model.safetensors
+(a run's own, or one written by `tlcli export format=safetensors`, whose metadata describes the network).
+Weights are read with safetensors or torch.load(weights_only=True) and loaded strictly: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from tl_cli.errors import TlcliError
+from tl_cli.network import TransferNet
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+ARCH_KEY = "tlcli_arch"  # safetensors metadata key of an exported model: the architecture as JSON
+PREPROCESS_FILE = "preprocess.json"
+PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+@dataclass
+class TrainedModel:
+    """A trained network in eval mode, with what is needed to feed it and name its outputs."""
+
+    net: TransferNet
+    classes: list[str]
+    data_config: dict[str, Any]  # timm data config: input_size, mean, std, interpolation, crop_pct, ...
+    arch: dict[str, Any]  # everything build_net needs to rebuild the network
+    config: DictConfig | None  # the run's composed train config (None for an exported model)
+    run_dir: Path | None
+    weights: Path  # the file the weights came from
+    labels_known: bool = True  # False: no labels.json was found, classes are placeholders class_<i>
+
+    @property
+    def image_mode(self) -> str:
+        """PIL mode the eval transform expects: one channel is grayscale."""
+        return "L" if int(self.data_config["input_size"][0]) == 1 else "RGB"
+
+    def eval_transform(self):
+        from timm.data import create_transform
+
+        return create_transform(**self.data_config, is_training=False)
+
+
+def load_model(ckpt: str) -> TrainedModel:
+    """Resolve `ckpt` (run dir, .ckpt, model.safetensors), rebuild the network, load its weights strictly."""
+    run_dir, weights = resolve(ckpt)
+    if weights.suffix == ".ckpt":
+        state, hparams = _read_lightning_checkpoint(weights)
+        config = _as_config(hparams.get("config")) or _run_config(run_dir)
+        metadata: dict[str, str] = {}
+    else:
+        state, metadata = _read_safetensors(weights)
+        config = _run_config(run_dir) if ARCH_KEY not in metadata else None
+    if ARCH_KEY in metadata:
+        arch = json.loads(metadata[ARCH_KEY])
+    elif config is not None:
+        arch = architecture(config, num_classes=_num_classes(state, weights))
+    else:
+        raise TlcliError(
+            f"ckpt={ckpt}: no training config found for {weights.name} (expected {weights.parent}/.hydra/config.yaml "
+            f"or a Lightning .ckpt); pass the tlcli run directory"
+        )
+    net = build_net(arch)
+    load_strict(net, state, weights)
+    folder = run_dir or weights.parent
+    classes = _classes(folder, arch["num_classes"], weights)
+    data_config = _data_config(folder, net, config, arch)
+    known = classes is not None
+    classes = classes or [f"class_{i}" for i in range(arch["num_classes"])]
+    log.info("loaded %s (%s, %d classes) from %s", arch["backbone"], _describe(arch), len(classes), weights)
+    return TrainedModel(net.eval(), classes, data_config, arch, config, run_dir, weights, known)
+
+
+def require(cfg: DictConfig, keys: tuple[str, ...], usage: str) -> None:
+    """A one-line error naming a mandatory key left unset (Hydra's ??? value)."""
+    for key in keys:
+        if OmegaConf.is_missing(cfg, key):
+            raise TlcliError(f"{key} is required: {usage}")
+
+
+def device_of(name: str) -> torch.device:
+    """`auto`: the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise TlcliError(f"device={name} is not a torch device; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TlcliError(f"device={name} but no CUDA GPU is available; use device=cpu")
+    return device
+
+
+def output_folder(model: TrainedModel, override: str | None, name: str) -> Path:
+    """`override` when given, else <run_dir>/<name> (or beside the weights file when there is no run dir)."""
+    folder = Path(override).expanduser() if override else (model.run_dir or model.weights.parent) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.resolve()
+
+
+def resolve(ckpt: str) -> tuple[Path | None, Path]:
+    """(run directory or None, weights file) for a run dir, a .ckpt or a .safetensors path."""
+    path = Path(str(ckpt)).expanduser()
+    if path.is_dir():
+        for candidate in (path / MODEL_FILE, path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
+            if candidate.is_file():
+                return path.resolve(), candidate.resolve()
+        raise TlcliError(
+            f"ckpt={ckpt} is a folder without {MODEL_FILE} or checkpoints/*.ckpt; pass a tlcli run directory"
+        )
+    if not path.is_file():
+        raise TlcliError(f"ckpt={ckpt} does not exist; pass a tlcli run directory or its checkpoints/<name>.ckpt")
+    if path.suffix not in (".ckpt", ".safetensors"):
+        raise TlcliError(f"ckpt={ckpt} is not a .ckpt or .safetensors file; pass a tlcli run directory")
+    path = path.resolve()
+    # a run's model.safetensors sits directly in its run dir, its checkpoints one level further down
+    parent = path.parent if path.suffix == ".safetensors" else path.parent.parent
+    if (parent / ".hydra" / "config.yaml").is_file() or (parent / "summary.json").is_file():
+        return parent, path
+    return None, path
+
+
+def architecture(config: DictConfig, num_classes: int) -> dict[str, Any]:
+    """The network's shape from a train config: backbone, input, extension and head width."""
+    import timm
+
+    def get(key: str, default: Any = None) -> Any:
+        value = OmegaConf.select(config, key, default=default)
+        return OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+
+    backbone = get("model.backbone")
+    if not backbone:
+        raise TlcliError("the run's config has no model.backbone; is it a tlcli train run?")
+    img_size = get("model.img_size")
+    pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
+    fixed_input_size = bool(pretrained_cfg and getattr(pretrained_cfg, "fixed_input_size", False))
+    return {
+        "backbone": backbone,
+        "in_chans": int(get("model.in_chans", 3)),
+        # timm takes img_size only for models with a fixed input size (position embeddings), as train does
+        "img_size": img_size if img_size and fixed_input_size else None,
+        "kwargs": get("model.kwargs", {}) or {},
+        "num_classes": int(num_classes),
+        "hidden_dims": list(get("strategy.extension.hidden_dims", []) or []),
+        "activation": get("strategy.extension.activation", "gelu"),
+        "norm": get("strategy.extension.norm", "layernorm"),
+        "dropout": float(get("strategy.extension.dropout", 0.0) or 0.0),
+    }
+
+
+def build_net(arch: dict[str, Any]) -> TransferNet:
+    """A randomly initialised TransferNet of this architecture (weights come from load_strict)."""
+    import timm
+
+    from tl_cli.weights import check_backbone_name
+
+    check_backbone_name(arch["backbone"])
+    kwargs = dict(arch.get("kwargs") or {}, num_classes=0, in_chans=arch["in_chans"])
+    if arch.get("img_size"):
+        kwargs["img_size"] = arch["img_size"]
+    backbone = timm.create_model(arch["backbone"], pretrained=False, **kwargs)
+    return TransferNet(
+        backbone, arch["num_classes"], arch["hidden_dims"], arch["activation"], arch["norm"], arch["dropout"]
+    )
+
+
+def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Every key present with the right shape, nothing extra; otherwise an error naming the first offender."""
+    target = net.state_dict()
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    mismatched = [k for k in state if k in target and state[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if mismatched:
+            k = mismatched[0]
+            detail.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)})")
+        raise TlcliError(f"weights {source} do not fit the network its config describes: {'; '.join(detail)}")
+    net.load_state_dict(state, strict=True)
+
+
+def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as ex:  # pickle payloads and foreign objects land here: refused, never executed
+        first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
+        raise TlcliError(f"refusing to load {path}: not a plain Lightning checkpoint ({first[:160]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise TlcliError(f"{path} has no state_dict; pass a checkpoint written by tlcli train")
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    if not state:
+        raise TlcliError(f"{path} holds no 'net.*' weights; pass a checkpoint written by tlcli train")
+    hparams = ckpt.get("hyper_parameters")
+    return state, hparams if isinstance(hparams, dict) else {}
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        return load_file(str(path)), metadata
+    except (SafetensorError, OSError, ValueError) as ex:
+        raise TlcliError(f"cannot read safetensors file {path}: {ex}; is it complete?") from None
+
+
+def _as_config(value: Any) -> DictConfig | None:
+    return OmegaConf.create(value) if isinstance(value, dict) else None
+
+
+def _run_config(run_dir: Path | None) -> DictConfig | None:
+    path = run_dir / ".hydra" / "config.yaml" if run_dir else None
+    return OmegaConf.load(path) if path and path.is_file() else None  # type: ignore[return-value]
+
+
+def _num_classes(state: dict[str, torch.Tensor], source: Path) -> int:
+    if "head.weight" not in state:
+        raise TlcliError(f"{source} has no head.weight; pass a model written by tlcli train")
+    return int(state["head.weight"].shape[0])
+
+
+def _classes(folder: Path, num_classes: int, source: Path) -> list[str] | None:
+    """labels.json beside the model, checked against the head width; None when there is none."""
+    path = folder / "labels.json"
+    if not path.is_file():
+        log.warning("no labels.json next to %s: classes are named class_0..class_%d", source, num_classes - 1)
+        return None
+    classes = [str(c) for c in json.loads(path.read_text())]
+    if len(classes) != num_classes:
+        raise TlcliError(f"{path} names {len(classes)} classes but the model has {num_classes} outputs")
+    return classes
+
+
+def _data_config(folder: Path, net: TransferNet, config: DictConfig | None, arch: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing the model was trained with: summary.json or preprocess.json, else re-resolved."""
+    for name, key in (("summary.json", "data_config"), (PREPROCESS_FILE, None)):
+        path = folder / name
+        if path.is_file():
+            found = json.loads(path.read_text())
+            found = found.get(key) if key else found
+            if isinstance(found, dict) and "input_size" in found:
+                return _clean(found)
+    if config is None or OmegaConf.select(config, "data") is None:
+        raise TlcliError(f"no summary.json or {PREPROCESS_FILE} in {folder}: cannot tell the model's preprocessing")
+    from tl_cli.data.datamodule import resolve_data_config
+
+    img_size = OmegaConf.select(config, "model.img_size")
+    return _clean(resolve_data_config(net.backbone, config.data, arch["in_chans"], img_size))
+
+
+def _clean(data_config: dict[str, Any]) -> dict[str, Any]:
+    """timm's data-config keys only, with tuples (JSON stores lists)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items() if k in PREPROCESS_KEYS}
+
+
+def _describe(arch: dict[str, Any]) -> str:
+    return f"extension {arch['hidden_dims']}" if arch["hidden_dims"] else "no extension"

@@ -82,6 +82,7 @@ class OptimConfig:
 class TrainConfig:
     task_name: str = "train"
     seed: int = 42
+    resume: str | None = None  # a run dir: continue it (set by `tlcli train resume=<run dir>`)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

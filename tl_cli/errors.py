@@ -58,7 +58,7 @@ def describe(ex: BaseException) -> tuple[str, int]:
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
     if isinstance(ex, TlcliError):
-        return one_line(str(ex)), EXIT_USAGE
+        return one_line(str(ex)), getattr(ex, "exit_code", EXIT_USAGE)
     if isinstance(ex, MissingConfigException):
         missing = ex.missing_cfg_file or ""
         if "/" in missing and ex.options:

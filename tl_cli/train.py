@@ -23,6 +23,7 @@ from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.features import cache_decision, cached_feature_splits
 from tl_cli.network import TransferNet
+from tl_cli.resume import LAST, make_callbacks
 from tl_cli.strategies import Strategy, apply_strategy, check_extension, get_strategy
 from tl_cli.weights import create_backbone, save_network
 
@@ -163,13 +164,15 @@ def train(cfg: DictConfig) -> float:
     data_config = datamodule.data_config
     params = net.param_counts()
     throughput = Throughput()
-    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput]
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, *make_callbacks(out)]
     loggers = instantiate_group(cfg.logger, "logger")
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     precision, channels_last, precision_reason = speed.resolve(
         trainer_args.get("precision", "auto"), cfg.model.channels_last, str(trainer_args.get("accelerator", "auto"))
     )
     trainer_args["precision"] = precision
+    if cfg.get("resume"):
+        trainer_args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
     log.info("precision=%s channels_last=%s (%s)", precision, channels_last, precision_reason)
     if channels_last:
         net.to(memory_format=torch.channels_last)
@@ -192,7 +195,10 @@ def train(cfg: DictConfig) -> float:
             )
         )
         module.inputs_are_features = True
-    trainer.fit(module, datamodule=datamodule)
+    resume_from = str(Path(cfg.resume) / LAST) if cfg.get("resume") else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     train_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

@@ -53,6 +53,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_throughput
 	$(PY) -m benchmarks.bench_precision
 	$(PY) -m benchmarks.bench_cache
+	$(PY) -m benchmarks.bench_memory
 
 # Rebuild the embedded source model from its recipe (configs/experiment/source_fashion_mnist.yaml).
 source-model: install fashion-mnist

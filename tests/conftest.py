@@ -56,6 +56,18 @@ def summary_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def write_images(root: Path, classes: dict[str, int], size: int = 12) -> None:
+    """Real PNG files in root/<class>/<i>.png, seeded."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+
+
 def assert_one_line_error(result, *needles: str) -> str:
     """Non-zero exit, exactly one non-empty stderr line naming the bad value, no traceback."""
     assert result.returncode != 0, result.stdout[-2000:]

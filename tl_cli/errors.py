@@ -83,6 +83,14 @@ def describe(ex: BaseException) -> tuple[str, int]:
         return one_line(f"invalid value for '{key}': {first}"), EXIT_USAGE
     if isinstance(cause, OmegaConfBaseException) or isinstance(ex, ConfigCompositionException):
         return one_line(f"config error: {str(ex).splitlines()[0]} {str(cause).splitlines()[0]}"), EXIT_USAGE
+    if isinstance(ex, OSError) and ex.filename:
+        return (
+            one_line(
+                f"cannot write or read '{ex.filename}': {ex.strerror}; for outputs set TLCLI_OUTPUT_DIR "
+                f"or hydra.run.dir to a writable folder"
+            ),
+            EXIT_USAGE,
+        )
     first = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
     return (
         one_line(f"{type(ex).__name__}: {first} (rerun with TLCLI_DEBUG=1 for the full traceback)"),

@@ -64,7 +64,15 @@ class TransferModule(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        loss = self._step(batch, "train")
+        if not torch.isfinite(loss):
+            from tl_cli.errors import TlcliError
+
+            raise TlcliError(
+                f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
+                f"lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true"
+            )
+        return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

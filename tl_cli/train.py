@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -157,8 +158,22 @@ def build(cfg: DictConfig) -> Job:
 
 
 def train(cfg: DictConfig) -> float:
-    """Fit and test one configuration; returns the test accuracy (the metric sweepers optimise)."""
+    """Fit and test one configuration; returns the test accuracy (the metric sweepers optimise).
+
+    Rerunning into a run dir that already holds this exact config (e.g. a sweep rerun with the same
+    hydra.sweep.dir) skips a finished job and resumes an unfinished one from its last.ckpt.
+    """
     out = run_dir()
+    config_sha = _config_sha(cfg)
+    done = _finished_summary(out, config_sha)
+    if done is not None and not cfg.get("resume"):
+        log.info("already finished with this config, skipping: %s (delete its summary.json to rerun)", out)
+        _print_result(done["metrics"], out)
+        return float(done["metrics"].get("test/acc", 0.0))
+    marker = out / "checkpoints" / "config.sha"
+    resume_dir = cfg.get("resume")
+    if not resume_dir and (out / LAST).is_file() and marker.is_file() and marker.read_text() == config_sha:
+        resume_dir = str(out)  # an interrupted job of a rerun sweep
     job = build(cfg)
     strategy, source, net, module, datamodule = job.strategy, job.source, job.net, job.module, job.datamodule
     data_config = datamodule.data_config
@@ -171,7 +186,7 @@ def train(cfg: DictConfig) -> float:
         trainer_args.get("precision", "auto"), cfg.model.channels_last, str(trainer_args.get("accelerator", "auto"))
     )
     trainer_args["precision"] = precision
-    if cfg.get("resume"):
+    if resume_dir:
         trainer_args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
     log.info("precision=%s channels_last=%s (%s)", precision, channels_last, precision_reason)
     if channels_last:
@@ -195,9 +210,11 @@ def train(cfg: DictConfig) -> float:
             )
         )
         module.inputs_are_features = True
-    resume_from = str(Path(cfg.resume) / LAST) if cfg.get("resume") else None
+    resume_from = str(Path(resume_dir) / LAST) if resume_dir else None
     if resume_from:
         log.info("resuming from %s", resume_from)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(config_sha)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
     train_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -234,6 +251,7 @@ def train(cfg: DictConfig) -> float:
         "train_seconds": round(train_seconds, 3),
         "train_images_per_second": round(throughput.images / throughput.seconds, 2) if throughput.seconds else 0.0,
         "seed": cfg.seed,
+        "config_sha": config_sha,
         "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
         "best_checkpoint": str(Path(best).relative_to(out)) if best else None,
         "device": str(trainer.strategy.root_device),
@@ -244,9 +262,28 @@ def train(cfg: DictConfig) -> float:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if trainer.is_global_zero:
-        print(f"test/acc: {metrics.get('test/acc', float('nan')):.4f}", flush=True)
-        print(f"run_dir: {out}", flush=True)
+        _print_result(metrics, out)
     return float(metrics.get("test/acc", 0.0))
+
+
+def _print_result(metrics: dict, out: Path) -> None:
+    print(f"test/acc: {metrics.get('test/acc', float('nan')):.4f}", flush=True)
+    print(f"run_dir: {out}", flush=True)
+
+
+def _config_sha(cfg: DictConfig) -> str:
+    """Identity of a job's config (unresolved, so the same command gives the same hash)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("resume", None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished_summary(out: Path, config_sha: str) -> dict | None:
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("config_sha") == config_sha else None
 
 
 def _fixed_input_size(name: str) -> bool:

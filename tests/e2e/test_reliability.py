@@ -83,3 +83,23 @@ def test_same_seed_same_results(tlcli) -> None:
 
 def test_resume_needs_a_run_dir(tlcli, tmp_path: Path) -> None:
     assert_one_line_error(tlcli("train", f"resume={tmp_path}"), f"resume={tmp_path}", "not a tlcli run directory")
+
+
+def test_rerun_sweep_skips_finished_jobs_and_resumes_the_rest(tlcli, tmp_path: Path) -> None:
+    sweep = [
+        "-m",
+        "experiment=smoke",
+        "trainer.max_epochs=2",
+        "strategy=freeze,finetune",
+        f"hydra.sweep.dir={tmp_path}/s",
+    ]
+    assert tlcli("train", *sweep).returncode == 0
+    finished, interrupted = tmp_path / "s" / "0", tmp_path / "s" / "1"
+    kept = (finished / "model.safetensors").stat().st_mtime_ns
+    (interrupted / "summary.json").unlink()  # job 1 "died" after its last checkpoint
+    again = tlcli("train", *sweep)
+    assert again.returncode == 0, again.stderr[-2000:]
+    log = again.stdout + again.stderr
+    assert "already finished with this config, skipping" in log and "resuming from" in log
+    assert (finished / "model.safetensors").stat().st_mtime_ns == kept
+    assert summary_of(interrupted)["strategy"] == "finetune" and summary_of(interrupted)["epochs"] == 2

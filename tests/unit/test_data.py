@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
 
-from tests.conftest import compose
+from tests.conftest import compose, write_images
 from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
 from tl_cli.data.datasets import FASHION_MNIST_ROOT
 from tl_cli.errors import TlcliError
@@ -99,14 +98,6 @@ def test_fashion_mnist_debian_package() -> None:
 def test_fashion_mnist_missing_files_say_how_to_install(tmp_path: Path) -> None:
     with pytest.raises(TlcliError, match="apt-get install -y dataset-fashion-mnist"):
         datamodule(["data=fashion_mnist", f"data.root={tmp_path}"])
-
-
-def write_images(root: Path, classes: dict[str, int], size: int = 12) -> None:
-    rng = np.random.default_rng(0)
-    for name, count in classes.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(count):
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
 
 
 def test_image_folder_with_splits(tmp_path: Path) -> None:

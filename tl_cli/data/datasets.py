@@ -6,6 +6,7 @@ Transforms are applied later by the datamodule, from the backbone's timm data co
 from __future__ import annotations
 
 import gzip
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tl_cli.errors import TlcliError, choose_from
+
+log = logging.getLogger(__name__)
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -139,8 +142,6 @@ def fashion_mnist(cfg, seed: int) -> RawSplits:
 @register_dataset("image_folder")
 def image_folder(cfg, seed: int) -> RawSplits:
     """root/<split>/<class>/<image> (splits: train, val, test), or a flat root/<class>/<image>."""
-    from timm.data import ImageDataset
-
     if not cfg.root:
         raise TlcliError("data=image_folder needs data.root=/path/to/images (root/<split>/<class>/<image>)")
     root = Path(cfg.root).expanduser()
@@ -152,8 +153,11 @@ def image_folder(cfg, seed: int) -> RawSplits:
     }
     if found["train"] is None:
         found = {"train": root, "val": None, "test": None}  # flat layout: hold out val and test
-    train = ImageDataset(str(found["train"]))
+    train = _open_folder(found["train"])
     class_to_idx = dict(train.reader.class_to_idx)
+    empty = sorted(d.name for d in found["train"].iterdir() if d.is_dir() and d.name not in class_to_idx)
+    if empty:
+        raise TlcliError(f"class folder '{found['train'] / empty[0]}' has no images; add images or remove it")
     if len(class_to_idx) < 2:
         raise TlcliError(
             f"data.root '{found['train']}' has {len(class_to_idx)} class folder(s); need at least 2 "
@@ -163,9 +167,46 @@ def image_folder(cfg, seed: int) -> RawSplits:
     for split, folder in found.items():
         if folder is None:
             continue
-        ds = train if split == "train" else ImageDataset(str(folder), class_map=class_to_idx)
+        if split != "train":
+            extra = sorted({d.name for d in folder.iterdir() if d.is_dir()} - set(class_to_idx))
+            if extra:
+                raise TlcliError(
+                    f"class '{extra[0]}' is in '{folder}' but not in '{found['train']}'; "
+                    f"every split needs the same class folders"
+                )
+        ds = train if split == "train" else _open_folder(folder, class_to_idx)
+        drop_unreadable(ds, folder)
         labels = np.array([target for _, target in ds.reader.samples], dtype=np.int64)
         if len(labels) == 0:
             raise TlcliError(f"no images found under '{folder}'; expected <class>/<image> files")
         splits.add(split, ds, labels)
     return splits
+
+
+def _open_folder(folder: Path, class_map: dict | None = None):
+    """timm's ImageDataset over <class>/<image> files, with tlcli's error for an empty folder."""
+    from timm.data import ImageDataset
+
+    try:
+        return ImageDataset(str(folder), class_map=class_map)
+    except RuntimeError as ex:
+        if "Found 0 images" in str(ex):
+            raise TlcliError(f"no images found under '{folder}'; expected <class>/<image> files") from None
+        raise
+
+
+def drop_unreadable(ds, folder: Path) -> None:
+    """Check every file once (PIL verify) and drop the unreadable ones, with one warning and a count."""
+    good, bad = [], []
+    for path, target in ds.reader.samples:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            good.append((path, target))
+        except Exception:  # corrupt, truncated, zero-byte or not an image at all
+            bad.append(path)
+    if bad and not good:
+        raise TlcliError(f"none of the {len(bad)} image files under '{folder}' can be read (e.g. {bad[0]})")
+    if bad:
+        log.warning("skipping %d unreadable image file(s) under %s (e.g. %s)", len(bad), folder, bad[0])
+        ds.reader.samples = good

@@ -6,6 +6,7 @@ cache, with a cold cache, and with a warm on-disk cache; same seed, so test accu
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ TLCLI = str(Path(sys.executable).with_name("tlcli"))
 JOBS = {
     "digits (1293 train)": ["data=digits"],
     "fashion_mnist (5000 train, 6000 val, 10000 test)": ["data=fashion_mnist", "data.samples_per_class=500"],
+    "fashion_mnist (54000 train, 6000 val, 10000 test)": ["data=fashion_mnist"],
 }
 
 
@@ -36,9 +38,14 @@ def run(args: list[str], out: str) -> tuple[float, dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default="", help="run only jobs whose name contains this text")
+    args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in JOBS.items():
+            if args.only not in name:
+                continue
             base = ["strategy=freeze", "data.augment=false", "trainer.max_epochs=10", *data]
             cache_dir = f"data.feature_cache_dir={tmp}/cache-{len(rows)}"
             plain_wall, plain = run([*base, "data.cache_features=false"], tmp)

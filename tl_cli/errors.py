@@ -74,7 +74,8 @@ def describe(ex: BaseException) -> tuple[str, int]:
         key = found.group(1) if found else "?"
         hint = did_you_mean(key, _known_config_keys())
         return (
-            f"unknown config key '{key}'{hint}; add a new key with '+{key}=<value>' or see 'tlcli train --cfg job'",
+            f"unknown config key '{key}'{hint}; add a new key with '+{key}=<value>' "
+            f"or list the valid keys with '--cfg job'",
             EXIT_USAGE,
         )
     if isinstance(cause, ValidationError):

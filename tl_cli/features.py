@@ -52,8 +52,8 @@ class MappedFeatures(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
-        return torch.from_numpy(np.array(self.features[i])), int(self.labels[i])
+    def __getitem__(self, i):  # an int, or a list of indices for a whole batch
+        return torch.from_numpy(np.asarray(self.features[i], dtype=np.float32)), torch.as_tensor(self.labels[i])
 
 
 def cache_key(backbone: torch.nn.Module, transform: object, splits: dict[str, object], extra: dict) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from tl_cli.data.datasets import RawSplits, build_dataset
 from tl_cli.errors import TlcliError
@@ -176,7 +176,15 @@ class TransferDataModule(L.LightningDataModule):
         cached = split in self.features and not images
         dataset = self.features[split] if cached else self.splits[split]
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
-        workers = 0 if cached else self.cfg.num_workers  # in-memory tensors: workers only add overhead
+        if cached:
+            # Index whole batches of the feature tensors at once (no per-sample collate). The sampler draws
+            # the same random order a shuffled per-sample loader would, so results do not change.
+            if not train and not self.cfg.eval_batch_size:
+                batch_size = max(batch_size, 1024)  # evaluation only: batch size does not change metrics
+            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+            drop_last = train and len(dataset) % batch_size == 1
+            return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
+        workers = self.cfg.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -10,6 +10,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from tl_cli import __version__
 from tl_cli.errors import EXIT_USAGE, TlcliError, choose_from, report
@@ -19,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "eval": "metrics of a trained run on any split or dataset: metrics.json + confusion matrix",
     "predict": "classify image files with a trained run: predictions CSV with top-k",
     "export": "write a trained run as a standalone onnx / torchscript / safetensors model",
+    "report": "compare the runs of a sweep: report.md table, report.csv, report.png plots",
 }
 
 # The module whose `main(cfg)` runs each command; imported only when the command runs.
@@ -45,11 +47,16 @@ examples:
   tlcli eval ckpt=<run dir>                       # metrics on the run's test split
   tlcli predict ckpt=<run dir> inputs=photos/     # predictions.csv
   tlcli export ckpt=<run dir> format=onnx         # <run dir>/export/model.onnx
+  tlcli report <multirun dir>                     # report.md / .csv / .png comparing a sweep's runs
 """
+
+# The sweep folder of the `tlcli train -m` in progress (set by its jobs), named after the sweep ends.
+_sweep_dir: str | None = None
 
 
 def _task(command: str) -> Callable:
     def task(cfg) -> float | None:
+        _remember_sweep_dir(command)
         try:
             return importlib.import_module(_MODULES[command]).main(cfg)
         except SystemExit:
@@ -58,6 +65,19 @@ def _task(command: str) -> Callable:
             raise SystemExit(report(ex)) from None
 
     return task
+
+
+def _remember_sweep_dir(command: str) -> None:
+    """Inside a train multirun job, note the sweep folder so `tlcli report <it>` can be suggested."""
+    global _sweep_dir
+    if command != "train":
+        return
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        _sweep_dir = str(Path(hydra_cfg.sweep.dir).absolute())
 
 
 def _stray_data_override(command: str, args: list[str]) -> str | None:
@@ -69,7 +89,10 @@ def _stray_data_override(command: str, args: list[str]) -> str | None:
 
 
 def run_hydra(command: str, args: list[str]) -> int:
+    global _sweep_dir
     import hydra
+
+    _sweep_dir = None
 
     stray = _stray_data_override(command, args)
     if stray:
@@ -100,7 +123,19 @@ def run_hydra(command: str, args: list[str]) -> int:
         return report(ex)
     finally:
         sys.argv = saved_argv
+        if _sweep_dir:  # also after a failed job: the report lists what finished and what did not
+            print(f"report: tlcli report {_sweep_dir}", flush=True)
     return 0
+
+
+def run_report(args: list[str]) -> int:
+    """`tlcli report <dir>`: no Hydra app, one positional folder."""
+    try:
+        from tl_cli.report import main as report_main
+
+        return report_main(args)
+    except BaseException as ex:
+        return report(ex)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
             args = resume_args(args)
         except TlcliError as ex:
             return report(ex)
+    if command == "report":
+        return run_report(args)
     return run_hydra(command, args)
 
 

@@ -1,0 +1,297 @@
+"""`tlcli report <multirun dir>`: compare the jobs of a sweep in report.md, report.csv and report.png.
+
+Runs that differ only by seed form one group (mean ± std over seeds). Jobs without summary.json
+(failed or interrupted) are listed, never dropped. Import-light: matplotlib is loaded only to draw.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tl_cli.errors import TlcliError
+
+USAGE = "tlcli report <multirun dir>"
+GROUP_KEYS = ("strategy", "backbone", "weights", "dataset", "samples_per_class")
+
+
+@dataclass
+class Job:
+    """One job folder of the sweep."""
+
+    name: str
+    path: Path
+    summary: dict[str, Any] | None
+    overrides: list[str]
+    config: dict[str, Any]
+    val_curve: dict[int, float] = field(default_factory=dict)  # epoch -> val/acc
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.summary is not None else "unfinished"
+
+    def key(self) -> tuple:
+        return tuple(self.summary.get(k) for k in GROUP_KEYS) if self.summary else ()
+
+    def metric(self, name: str) -> float | None:
+        value = (self.summary or {}).get("metrics", {}).get(name)
+        return float(value) if value is not None else None
+
+
+@dataclass
+class Group:
+    """Jobs that differ only by seed."""
+
+    key: tuple
+    jobs: list[Job]
+    label: str = ""
+    tie: bool = False
+
+    def stat(self, name: str) -> tuple[float | None, float, int]:
+        """(mean, sample std (0 for one run), number of runs) of a metric over seeds."""
+        values = [v for v in (j.metric(name) for j in self.jobs) if v is not None]
+        mean = statistics.fmean(values) if values else None
+        return mean, statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def mean_of(self, key: str) -> float | None:
+        values = [float(j.summary[key]) for j in self.jobs if j.summary and j.summary.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    def curve(self) -> tuple[list[int], list[float]]:
+        """Epochs and val/acc averaged over the seeds that reached each epoch."""
+        epochs = sorted({e for j in self.jobs for e in j.val_curve})
+        means = [statistics.fmean(j.val_curve[e] for j in self.jobs if e in j.val_curve) for e in epochs]
+        return epochs, means
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _val_curve(path: Path) -> dict[int, float]:
+    """Last val/acc logged in each epoch of a Lightning metrics.csv."""
+    curve: dict[int, float] = {}
+    if not path.is_file():
+        return curve
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/acc") and row.get("epoch"):
+                curve[int(float(row["epoch"]))] = float(row["val/acc"])
+    return curve
+
+
+def _load_job(p: Path) -> Job:
+    try:
+        summary = json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
+    except (OSError, json.JSONDecodeError):
+        summary = None  # a half-written summary: the job did not finish
+    overrides, config = _read_yaml(p / ".hydra/overrides.yaml"), _read_yaml(p / ".hydra/config.yaml")
+    return Job(
+        name=p.name,
+        path=p,
+        summary=summary if isinstance(summary, dict) else None,
+        overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
+        config=config if isinstance(config, dict) else {},
+        val_curve=_val_curve(p / "metrics.csv"),
+    )
+
+
+def load_jobs(sweep: Path) -> list[Job]:
+    """Job folders (holding .hydra/config.yaml or summary.json) of a multirun dir, in job-number order."""
+    folders = [p for p in sweep.iterdir() if (p / ".hydra/config.yaml").is_file() or (p / "summary.json").is_file()]
+    folders.sort(key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
+    return [_load_job(p) for p in folders]
+
+
+def group_jobs(jobs: list[Job]) -> list[Group]:
+    """Finished jobs grouped by GROUP_KEYS, sorted by mean test acc (best first), ties with the best marked."""
+    by_key: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.summary is not None:
+            by_key.setdefault(job.key(), []).append(job)
+    groups = [Group(key, members) for key, members in by_key.items()]
+    varying = [i for i in range(1, len(GROUP_KEYS)) if len({g.key[i] for g in groups}) > 1]
+    short = {1: "", 2: "weights=", 3: "", 4: "spc="}
+    for g in groups:
+        g.label = " ".join([str(g.key[0]), *(f"{short[i]}{_short(g.key[i])}" for i in varying)])
+    groups.sort(key=lambda g: -(g.stat("test/acc")[0] if g.stat("test/acc")[0] is not None else -math.inf))
+    best_mean, best_std, n_best = groups[0].stat("test/acc") if groups else (None, 0.0, 0)
+    for g in groups[1:]:
+        mean, std, n = g.stat("test/acc")
+        g.tie = best_mean is not None and mean is not None and best_mean - mean <= _pooled(best_std, n_best, std, n)
+    return groups
+
+
+def _pooled(s1: float, n1: int, s2: float, n2: int) -> float:
+    """Pooled sample std of two groups; 0 when neither has two runs."""
+    dof = (n1 - 1) + (n2 - 1)
+    return math.sqrt(((n1 - 1) * s1**2 + (n2 - 1) * s2**2) / dof) if dof > 0 else 0.0
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return Path(text).name if "/" in text else text
+
+
+def _fmt(mean: float | None, std: float, n: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def write_markdown(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
+    """report.md: one row per group, the tie rule, and the failed or unfinished jobs."""
+    head = "| | strategy | backbone | weights | samples/class | n runs (seeds) | val acc | test acc "
+    head += "| trainable / total params | train s (mean) | images/s (mean) |"
+    done = sum(j.status == "ok" for j in jobs)
+    lines = [f"# Sweep report: {sweep}", ""]
+    lines += [f"{len(jobs)} jobs: {done} finished, {len(jobs) - done} failed or unfinished. Best test acc first."]
+    lines += ["", head, "|" + "---|" * 11]
+    for rank, g in enumerate(groups):
+        first = g.jobs[0].summary or {}
+        params = first.get("params", {})
+        seeds = ", ".join(str((j.summary or {}).get("seed")) for j in g.jobs)
+        mark = "best" if rank == 0 else ("tie with best" if g.tie else "")
+        spc = g.key[4] if g.key[4] is not None else "all"
+        cells = [mark, g.key[0], g.key[1], _short(g.key[2]), spc, f"{len(g.jobs)} ({seeds})"]
+        cells += [_fmt(*g.stat("val/acc")), _fmt(*g.stat("test/acc"))]
+        cells += [f"{params.get('trainable', 0):,} / {params.get('total', 0):,}"]
+        cells += [_num(g.mean_of("train_seconds"), 2), _num(g.mean_of("train_images_per_second"), 0)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Accuracies are mean ± sample std over the seeds of a group (the value alone for one run). "
+        "A group is a **tie with best** when its mean test acc is within one pooled std of the best group's: "
+        "best − mean ≤ sqrt(((n₁−1)s₁² + (n₂−1)s₂²) / (n₁+n₂−2)); with one run in each group only an equal "
+        "mean ties. Plots: report.png; one row per job: report.csv.",
+    ]
+    failed = [j for j in jobs if j.status != "ok"]
+    lines += ["", "## Failed or unfinished runs", ""]
+    if failed:
+        lines += ["No summary.json (the job failed or was interrupted; rerun the same sweep to resume it):", ""]
+        lines += [f"- `{j.path}`: {' '.join(j.overrides) or '(no overrides recorded)'}" for j in failed]
+    else:
+        lines.append("None.")
+    path = sweep / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_csv(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
+    """report.csv: one row per job, finished or not, with its status and group."""
+    label = {id(j): g.label for g in groups for j in g.jobs}
+    columns = ["job", "status", "group", *GROUP_KEYS, "seed", "val_acc", "test_acc", "trainable_params"]
+    columns += ["total_params", "train_seconds", "train_images_per_second", "epochs", "overrides"]
+    path = sweep / "report.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        for j in jobs:
+            s, params = j.summary or {}, (j.summary or {}).get("params", {})
+            row = {k: s.get(k) for k in (*GROUP_KEYS, "seed", "train_seconds", "train_images_per_second", "epochs")}
+            if not s:  # what it would have been, from the composed config
+                model, data = j.config.get("model") or {}, j.config.get("data") or {}
+                row.update(strategy=_strategy_name(j), backbone=model.get("backbone"), seed=j.config.get("seed"))
+                row.update(dataset=data.get("name"), samples_per_class=data.get("samples_per_class"))
+            row.update(job=j.name, status=j.status, group=label.get(id(j)), overrides=" ".join(j.overrides))
+            row.update(val_acc=j.metric("val/acc"), test_acc=j.metric("test/acc"))
+            row.update(trainable_params=params.get("trainable"), total_params=params.get("total"))
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return path
+
+
+def _strategy_name(job: Job) -> str:
+    for o in job.overrides:
+        if o.startswith("strategy="):
+            return o.split("=", 1)[1]
+    strategy = job.config.get("strategy")
+    return str(strategy.get("name", "")) if isinstance(strategy, dict) else str(strategy or "")
+
+
+def write_png(sweep: Path, groups: list[Group]) -> Path:
+    """report.png: test acc per group (bars, std error bars) and mean val acc per epoch per group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    colors = plt.get_cmap("tab10")
+    x = list(range(len(groups)))
+    means = [g.stat("test/acc")[0] or 0.0 for g in groups]
+    stds = [g.stat("test/acc")[1] for g in groups]
+    bars.bar(x, means, yerr=stds, capsize=6, color=[colors(i % 10) for i in x], edgecolor="black", linewidth=0.5)
+    for i, (m, s, g) in enumerate(zip(means, stds, groups, strict=True)):
+        bars.text(i, m + s + 0.01, f"{m:.3f}\nn={len(g.jobs)}", ha="center", va="bottom", fontsize=8)
+    crowded = len(groups) > 4 or sum(len(g.label) for g in groups) > 60
+    bars.set_xticks(x, [g.label for g in groups], rotation=25 if crowded else 0, ha="right" if crowded else "center")
+    bars.set_ylim(0, max((m + s for m, s in zip(means, stds, strict=True)), default=1.0) + 0.15)  # room for labels
+    bars.set_xlabel("strategy / group (best first)")
+    bars.set_ylabel("test accuracy (mean ± std over seeds)")
+    bars.set_title("Test accuracy per group")
+    bars.grid(axis="y", alpha=0.3)
+    for i, g in enumerate(groups):
+        epochs, acc = g.curve()
+        if epochs:
+            curves.plot(epochs, acc, marker="o", color=colors(i % 10), label=f"{g.label} (n={len(g.jobs)})")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation accuracy (mean over seeds)")
+    curves.set_title("Learning curves: val acc per epoch")
+    curves.grid(alpha=0.3)
+    if curves.lines:
+        curves.legend(fontsize=8, loc="best")
+        curves.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(f"Sweep report: {Path(*sweep.absolute().parts[-2:])}", fontsize=11)
+    path = sweep / "report.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_report(directory: str) -> Path:
+    """Write report.md, report.csv and report.png into a multirun dir; returns report.md's path."""
+    sweep = Path(directory).expanduser()
+    example = "e.g. 'tlcli report outputs/train/multiruns/<time>'"
+    if not sweep.is_dir():
+        raise TlcliError(f"no such directory '{directory}'; give the folder of a 'tlcli train -m' sweep, {example}")
+    jobs = load_jobs(sweep)
+    if not jobs:
+        what = "a single run, not a sweep" if (sweep / "summary.json").is_file() else "no job folders"
+        raise TlcliError(
+            f"no runs in '{directory}' ({what}: no subfolder holds summary.json or .hydra/config.yaml); "
+            f"give the folder of a 'tlcli train -m' sweep, {example}"
+        )
+    groups = group_jobs(jobs)
+    path = write_markdown(sweep, jobs, groups)
+    write_csv(sweep, jobs, groups)
+    write_png(sweep, groups)
+    return path
+
+
+def main(args: list[str]) -> int:
+    """Entry point of `tlcli report <dir>` (also `dir=<dir>`)."""
+    if args and args[0] in ("-h", "--help"):
+        print(f"usage: {USAGE}\n  writes report.md, report.csv and report.png into the multirun folder")
+        return 0
+    if not args:
+        raise TlcliError(f"report needs the folder of a sweep; usage: {USAGE} (e.g. outputs/train/multiruns/<time>)")
+    if len(args) != 1:
+        raise TlcliError(f"report takes one folder, got {len(args)} arguments {args}; usage: {USAGE}")
+    directory = args[0].removeprefix("dir=")
+    path = make_report(directory)
+    print(f"report: {path}", flush=True)
+    return 0

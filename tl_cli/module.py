@@ -36,7 +36,7 @@ class TransferModule(L.LightningModule):
         self.channels_last = False  # NHWC images: faster convolutions with bf16 on CPUs with AMX, and on GPUs
         self.metrics = torch.nn.ModuleDict(
             {
-                f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro")
+                f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
                 for split in ("train", "val", "test")
             }
         )

@@ -139,8 +139,10 @@ def _pooled(s1: float, n1: int, s2: float, n2: int) -> float:
 
 
 def _short(value: Any) -> str:
+    if value is None:  # samples_per_class=null: the whole train split
+        return "all"
     text = str(value)
-    return Path(text).name if "/" in text else text
+    return Path(text).stem if "/" in text else text
 
 
 def _fmt(mean: float | None, std: float, n: int) -> str:
@@ -229,21 +231,23 @@ def write_png(sweep: Path, groups: list[Group]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    height = max(4.5, 0.45 * len(groups) + 2.0)
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(15, height), constrained_layout=True)
     colors = plt.get_cmap("tab10")
-    x = list(range(len(groups)))
+    y = list(range(len(groups)))
     means = [g.stat("test/acc")[0] or 0.0 for g in groups]
     stds = [g.stat("test/acc")[1] for g in groups]
-    bars.bar(x, means, yerr=stds, capsize=6, color=[colors(i % 10) for i in x], edgecolor="black", linewidth=0.5)
+    # horizontal bars: group labels (strategy + what varies) stay readable however long they are
+    bars.barh(y, means, xerr=stds, capsize=5, color=[colors(i % 10) for i in y], edgecolor="black", linewidth=0.5)
     for i, (m, s, g) in enumerate(zip(means, stds, groups, strict=True)):
-        bars.text(i, m + s + 0.01, f"{m:.3f}\nn={len(g.jobs)}", ha="center", va="bottom", fontsize=8)
-    crowded = len(groups) > 4 or sum(len(g.label) for g in groups) > 60
-    bars.set_xticks(x, [g.label for g in groups], rotation=25 if crowded else 0, ha="right" if crowded else "center")
-    bars.set_ylim(0, max((m + s for m, s in zip(means, stds, strict=True)), default=1.0) + 0.15)  # room for labels
-    bars.set_xlabel("strategy / group (best first)")
-    bars.set_ylabel("test accuracy (mean ± std over seeds)")
+        bars.text(m + s + 0.01, i, f"{m:.3f} (n={len(g.jobs)})", va="center", fontsize=8)
+    bars.set_yticks(y, [g.label for g in groups], fontsize=8)
+    bars.invert_yaxis()  # best first, at the top
+    bars.set_xlim(0, max((m + s for m, s in zip(means, stds, strict=True)), default=1.0) + 0.22)  # room for labels
+    bars.set_ylabel("strategy / group (best first)")
+    bars.set_xlabel("test accuracy (mean ± std over seeds)")
     bars.set_title("Test accuracy per group")
-    bars.grid(axis="y", alpha=0.3)
+    bars.grid(axis="x", alpha=0.3)
     for i, g in enumerate(groups):
         epochs, acc = g.curve()
         if epochs:
@@ -253,7 +257,7 @@ def write_png(sweep: Path, groups: list[Group]) -> Path:
     curves.set_title("Learning curves: val acc per epoch")
     curves.grid(alpha=0.3)
     if curves.lines:
-        curves.legend(fontsize=8, loc="best")
+        curves.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a curve
         curves.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(f"Sweep report: {Path(*sweep.absolute().parts[-2:])}", fontsize=11)
     path = sweep / "report.png"

@@ -16,15 +16,17 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from tl_cli import STARTED_AT, speed
+from tl_cli import speed
+from tl_cli.callbacks import GracefulInterrupt, RngState, Throughput
 from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.features import cache_decision, cached_feature_splits
 from tl_cli.network import TransferNet
-from tl_cli.resume import LAST, make_callbacks
+from tl_cli.resume import LAST
 from tl_cli.strategies import Strategy, apply_strategy, check_extension, get_strategy
 from tl_cli.weights import create_backbone, save_network
 
@@ -32,27 +34,6 @@ log = logging.getLogger(__name__)
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
-
-
-class Throughput(L.Callback):
-    """Wall time of the training epochs (validation excluded) and images seen, for summary.json."""
-
-    def __init__(self) -> None:
-        self.seconds, self.images, self._start = 0.0, 0, 0.0
-        self.first_step_at: float | None = None  # seconds since process start
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time() - STARTED_AT
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += len(batch[1])
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds += time.perf_counter() - self._start
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -179,13 +160,21 @@ def train(cfg: DictConfig) -> float:
     data_config = datamodule.data_config
     params = net.param_counts()
     throughput = Throughput()
-    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, *make_callbacks(out)]
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, RngState(), GracefulInterrupt(out)]
     loggers = instantiate_group(cfg.logger, "logger")
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
     precision, channels_last, precision_reason = speed.resolve(
         trainer_args.get("precision", "auto"), cfg.model.channels_last, str(trainer_args.get("accelerator", "auto"))
     )
     trainer_args["precision"] = precision
+    if (
+        str(trainer_args.get("strategy", "")).startswith("ddp")
+        and not str(trainer_args["strategy"]).startswith("ddp_spawn")
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+    ):
+        # Lightning's ddp launcher re-runs the whole command on every extra rank: under -m, the whole sweep
+        log.warning("trainer.strategy=%s under multirun: using ddp_spawn instead", trainer_args["strategy"])
+        trainer_args["strategy"] = "ddp_spawn"
     if resume_dir:
         trainer_args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
     log.info("precision=%s channels_last=%s (%s)", precision, channels_last, precision_reason)
@@ -219,9 +208,12 @@ def train(cfg: DictConfig) -> float:
     train_seconds = time.perf_counter() - start
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if best:  # validation metrics and weights of the selected (best-val) epoch
-        val_metrics["val/acc"] = float(trainer.checkpoint_callback.best_model_score)
+    best_score = trainer.checkpoint_callback.best_model_score if best else None
+    if best_score is not None:  # validation metrics and weights of the selected (best-val) epoch
+        val_metrics["val/acc"] = float(best_score)
     test_results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=True)
+    if best:  # the weights written below are the tested ones, also when ddp_spawn tested them in child processes
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     metrics = {**val_metrics, **{k: float(v) for k, v in test_results[0].items()}}
 
     (out / "labels.json").write_text(json.dumps(datamodule.classes, indent=1))

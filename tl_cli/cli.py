@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tl_cli import __version__
-from tl_cli.errors import EXIT_USAGE, TlcliError, choose_from, report
+from tl_cli.errors import TlcliError, choose_from, report
 
 COMMANDS: dict[str, str] = {
     "train": "fit a transfer strategy on a timm backbone, test it, write a run directory",
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, args = argv[0], argv[1:]
     if command not in COMMANDS:
-        return report(choose_from("command", command, COMMANDS)) or EXIT_USAGE
+        return report(choose_from("command", command, COMMANDS))
     if command == "train" and any(a.startswith("resume=") for a in args):
         from tl_cli.resume import resume_args
 

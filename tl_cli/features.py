@@ -95,8 +95,6 @@ def cached_feature_splits(
     The extraction runs under a forked RNG so the training that follows draws the same random numbers
     as it would without the cache.
     """
-    was_training = net.backbone.training
-    net.backbone.eval()
     key = cache_key(net.backbone, datamodule.eval_transform, datamodule.splits, extra) if cache_dir else None
     folder = Path(cache_dir).expanduser() / key if key else None
     if folder is not None and (folder / "done").is_file():
@@ -106,6 +104,8 @@ def cached_feature_splits(
             for split in datamodule.splits
         }
     result: dict[str, Dataset] = {}
+    was_training = net.backbone.training
+    net.backbone.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for split in datamodule.splits:
             x, y = extract(net, datamodule.eval_loader(split), device, forward_context, channels_last)

@@ -33,7 +33,7 @@ class TransferModule(L.LightningModule):
         self.inputs_are_features = False  # True when the datamodule serves cached backbone features
         self._loss_sum: torch.Tensor | None = None  # train loss summed over this epoch's samples
         self._seen = 0
-        self.channels_last = False  # NHWC images: faster convolutions with bf16 on CPUs with AMX, and on GPUs
+        self.channels_last = False  # NHWC images: faster bf16 convolutions on CPUs with native bf16 and on GPUs
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)

@@ -49,8 +49,9 @@ def check_config(cfg: DictConfig) -> None:
     for key, value in OmegaConf.to_container(cfg.trainer, resolve=False).items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
-        interpolation = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
-        if isinstance(value, str) and not interpolation and not _accepts_string(hints.get(key, str), value):
+        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/speed.py)
+        unchecked = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
+        if isinstance(value, str) and not unchecked and not _accepts_string(hints.get(key, str), value):
             raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
 
 
@@ -211,9 +212,9 @@ def train(cfg: DictConfig) -> float:
     best_score = trainer.checkpoint_callback.best_model_score if best else None
     if best_score is not None:  # validation metrics and weights of the selected (best-val) epoch
         val_metrics["val/acc"] = float(best_score)
-    test_results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None, verbose=True)
-    if best:  # the weights written below are the tested ones, also when ddp_spawn tested them in child processes
+    if best:  # test and save the best-val weights; loaded here so ddp_spawn's child processes get them too
         module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    test_results = trainer.test(module, datamodule=datamodule, verbose=True)
     metrics = {**val_metrics, **{k: float(v) for k, v in test_results[0].items()}}
 
     (out / "labels.json").write_text(json.dumps(datamodule.classes, indent=1))

@@ -176,21 +176,21 @@ class TransferDataModule(L.LightningDataModule):
         cached = split in self.features and not images
         dataset = self.features[split] if cached else self.splits[split]
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        if cached and not train and not self.cfg.eval_batch_size:
+            batch_size = max(batch_size, 1024)  # evaluation on features: batch size does not change metrics
+        # a last batch of one sample breaks BatchNorm in training; drop only that case
+        drop_last = train and len(dataset) % batch_size == 1
         if cached:
             # Index whole batches of the feature tensors at once (no per-sample collate). The sampler draws
             # the same random order a shuffled per-sample loader would, so results do not change.
-            if not train and not self.cfg.eval_batch_size:
-                batch_size = max(batch_size, 1024)  # evaluation only: batch size does not change metrics
             sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
-            drop_last = train and len(dataset) % batch_size == 1
             return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
-            # a last batch of one sample breaks BatchNorm in training; drop only that case
-            drop_last=train and len(dataset) % batch_size == 1,
+            drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -24,10 +24,22 @@ class ExtensionConfig:
 
 
 @dataclass
+class AutoConfig:
+    """strategy=auto: thresholds of the rule in tl_cli/auto.py (defaults and their reasons: README)."""
+
+    large_min_per_class: int = 100  # large data: the smallest class has at least this many train samples
+    min_gain: float = 0.02  # probe accuracy of source minus random features below this: scratch
+    similar_min_score: float = 0.8  # similar task: chance-corrected probe accuracy of source features >= this
+    probe_max_train: int = 2000  # the probe uses at most this many train samples (stratified, seeded) ...
+    probe_max_val: int = 1000  # ... and val samples
+
+
+@dataclass
 class StrategyConfig:
-    name: str = MISSING  # freeze | finetune | extend_freeze | extend_finetune | scratch
+    name: str = MISSING  # freeze | finetune | extend_freeze | extend_finetune | scratch | auto
     backbone_lr_mult: float = 1.0  # backbone LR = optim.lr * this (finetune strategies)
     extension: ExtensionConfig = field(default_factory=ExtensionConfig)
+    auto: AutoConfig | None = None  # set by strategy=auto only (configs/strategy/auto.yaml)
 
 
 @dataclass

@@ -225,8 +225,10 @@ def _as_config(value: Any) -> DictConfig | None:
 
 
 def _run_config(run_dir: Path | None) -> DictConfig | None:
+    from tl_cli.auto import trained_config
+
     path = run_dir / ".hydra" / "config.yaml" if run_dir else None
-    return OmegaConf.load(path) if path and path.is_file() else None  # type: ignore[return-value]
+    return trained_config(OmegaConf.load(path), run_dir) if path and path.is_file() else None  # type: ignore
 
 
 def _num_classes(state: dict[str, torch.Tensor], source: Path) -> int:

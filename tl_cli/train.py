@@ -90,11 +90,17 @@ class Job:
     net: TransferNet
     module: Any
     datamodule: TransferDataModule
+    auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen (tl_cli/auto.py)
 
 
 def build(cfg: DictConfig) -> Job:
     """Strategy, backbone with source weights, data, network and LightningModule, from one config."""
     check_config(cfg)
+    auto = None
+    if cfg.strategy.name == "auto":  # measure and choose; then build exactly what strategy=<chosen> builds
+        from tl_cli.auto import choose
+
+        cfg, auto = choose(cfg, _backbone_kwargs(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     strategy = get_strategy(cfg.strategy.name)
     ext = cfg.strategy.extension
@@ -105,12 +111,7 @@ def build(cfg: DictConfig) -> Job:
         log.info("strategy=scratch: ignoring model.weights=%s (random init)", cfg.model.weights)
     if strategy.use_source_weights and weights is None:
         log.warning("strategy=%s with model.weights=null: the source network is randomly initialised", strategy.name)
-    backbone_kwargs = dict(in_chans=cfg.model.in_chans, drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
-    if cfg.model.drop_path_rate is not None:
-        backbone_kwargs["drop_path_rate"] = cfg.model.drop_path_rate
-    if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
-        backbone_kwargs["img_size"] = cfg.model.img_size
-    backbone, source = create_backbone(cfg.model.backbone, weights, **backbone_kwargs)
+    backbone, source = create_backbone(cfg.model.backbone, weights, **_backbone_kwargs(cfg))
 
     data_config = resolve_data_config(backbone, cfg.data, cfg.model.in_chans, cfg.model.img_size)
     datamodule = TransferDataModule(cfg.data, data_config, cfg.seed)
@@ -136,7 +137,7 @@ def build(cfg: DictConfig) -> Job:
         backbone=cfg.model.backbone,
         config=OmegaConf.to_container(cfg, resolve=False),
     )
-    return Job(strategy, source, net, module, datamodule)
+    return Job(strategy, source, net, module, datamodule, auto)
 
 
 def train(cfg: DictConfig) -> float:
@@ -230,7 +231,7 @@ def train(cfg: DictConfig) -> float:
         },
     )
     summary = {
-        "strategy": strategy.name,
+        "strategy": cfg.strategy.name,  # "auto" for strategy=auto; what it chose: strategy_auto.chosen
         "backbone": cfg.model.backbone,
         "weights": source,
         "dataset": cfg.data.name,
@@ -252,6 +253,7 @@ def train(cfg: DictConfig) -> float:
         "channels_last": channels_last,
         "feature_cache": use_cache,
         "seconds_to_first_step": round(throughput.first_step_at or 0.0, 3),
+        **({"strategy_auto": job.auto} if job.auto else {}),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if trainer.is_global_zero:
@@ -277,6 +279,16 @@ def _finished_summary(out: Path, config_sha: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return summary if summary.get("config_sha") == config_sha else None
+
+
+def _backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """timm.create_model arguments of the backbone, besides its name and weights."""
+    kwargs = dict(in_chans=cfg.model.in_chans, drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
+    if cfg.model.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
+        kwargs["img_size"] = cfg.model.img_size
+    return kwargs
 
 
 def _fixed_input_size(name: str) -> bool:

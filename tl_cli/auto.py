@@ -186,24 +186,23 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
     torch.manual_seed(cfg.seed)  # model.weights=null: the "source" is then this very random init
     source, _ = create_backbone(cfg.model.backbone, cfg.model.weights, **backbone_kwargs)
     torch.manual_seed(cfg.seed)  # the network strategy=scratch starts from
-    random, _ = create_backbone(cfg.model.backbone, None, **backbone_kwargs)
+    random_init, _ = create_backbone(cfg.model.backbone, None, **backbone_kwargs)
     data_config = resolve_data_config(source, cfg.data, cfg.model.in_chans, cfg.model.img_size)
     dm = TransferDataModule(cfg.data, data_config, cfg.seed)
     dm.prepare_splits()
 
     subsets, labels = {}, {}
+    smallest_class = int(np.bincount(split_labels(dm.splits["train"]), minlength=dm.num_classes).min())
     for split, cap in (("train", max_train), ("val", max_val)):
         full = dm.splits[split]
         y = split_labels(full)
-        if split == "train":
-            counts = np.bincount(y, minlength=dm.num_classes)
         keep = subsample(y, cap, dm.num_classes, cfg.seed, split)
         subsets[split] = TransformedSubset(full.base, full.indices[keep], full.label_map, full.mode, dm.eval_transform)
         labels[split] = y[keep]
 
     device, forward_context, channels_last = _inference_setup(cfg)
     accs = {}
-    for name, backbone in (("source", source), ("random", random)):
+    for name, backbone in (("source", source), ("random", random_init)):
         net = TransferNet(backbone, dm.num_classes).to(device).eval()
         if channels_last:
             net.to(memory_format=torch.channels_last)
@@ -214,7 +213,7 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
         accs[name] = probe_accuracy(feats["train"].numpy(), labels["train"], feats["val"].numpy(), labels["val"])
     val_counts = np.bincount(labels["val"], minlength=dm.num_classes)
     return Figures(
-        samples_per_class=int(counts.min()),
+        samples_per_class=smallest_class,
         probe_acc_source=round(accs["source"], 6),
         probe_acc_random=round(accs["random"], 6),
         chance=round(float(val_counts.max() / val_counts.sum()), 6),

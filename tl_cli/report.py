@@ -17,7 +17,7 @@ from typing import Any
 from tl_cli.errors import TlcliError
 
 USAGE = "tlcli report <multirun dir>"
-GROUP_KEYS = ("strategy", "backbone", "weights", "dataset", "samples_per_class")
+GROUP_KEYS = ("strategy", "backbone", "weights", "dataset", "samples_per_class", "lr")
 
 
 @dataclass
@@ -121,7 +121,7 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
             by_key.setdefault(job.key(), []).append(job)
     groups = [Group(key, members) for key, members in by_key.items()]
     varying = [i for i in range(1, len(GROUP_KEYS)) if len({g.key[i] for g in groups}) > 1]
-    short = {1: "", 2: "weights=", 3: "", 4: "spc="}
+    short = {1: "", 2: "weights=", 3: "", 4: "spc=", 5: "lr="}
     for g in groups:
         g.label = " ".join([str(g.key[0]), *(f"{short[i]}{_short(g.key[i])}" for i in varying)])
     groups.sort(key=lambda g: -(g.stat("test/acc")[0] if g.stat("test/acc")[0] is not None else -math.inf))
@@ -157,19 +157,27 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 def write_markdown(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
     """report.md: one row per group, the tie rule, and the failed or unfinished jobs."""
-    head = "| | strategy | backbone | weights | samples/class | n runs (seeds) | val acc | test acc "
+    head = "| | strategy | backbone | weights | samples/class | lr | n runs (seeds) | val acc | test acc "
     head += "| trainable / total params | train s (mean) | images/s (mean) |"
     done = sum(j.status == "ok" for j in jobs)
     lines = [f"# Sweep report: {sweep}", ""]
     lines += [f"{len(jobs)} jobs: {done} finished, {len(jobs) - done} failed or unfinished. Best test acc first."]
-    lines += ["", head, "|" + "---|" * 11]
+    lines += ["", head, "|" + "---|" * 12]
     for rank, g in enumerate(groups):
         first = g.jobs[0].summary or {}
         params = first.get("params", {})
         seeds = ", ".join(str((j.summary or {}).get("seed")) for j in g.jobs)
         mark = "best" if rank == 0 else ("tie with best" if g.tie else "")
         spc = g.key[4] if g.key[4] is not None else "all"
-        cells = [mark, g.key[0], g.key[1], _short(g.key[2]), spc, f"{len(g.jobs)} ({seeds})"]
+        cells = [
+            mark,
+            g.key[0],
+            g.key[1],
+            _short(g.key[2]),
+            spc,
+            "-" if g.key[5] is None else g.key[5],
+            f"{len(g.jobs)} ({seeds})",
+        ]
         cells += [_fmt(*g.stat("val/acc")), _fmt(*g.stat("test/acc"))]
         cells += [f"{params.get('trainable', 0):,} / {params.get('total', 0):,}"]
         cells += [_num(g.mean_of("train_seconds"), 2), _num(g.mean_of("train_images_per_second"), 0)]
@@ -209,6 +217,7 @@ def write_csv(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
                 model, data = j.config.get("model") or {}, j.config.get("data") or {}
                 row.update(strategy=_strategy_name(j), backbone=model.get("backbone"), seed=j.config.get("seed"))
                 row.update(dataset=data.get("name"), samples_per_class=data.get("samples_per_class"))
+                row.update(lr=(j.config.get("optim") or {}).get("lr"))
             row.update(job=j.name, status=j.status, group=label.get(id(j)), overrides=" ".join(j.overrides))
             row.update(val_acc=j.metric("val/acc"), test_acc=j.metric("test/acc"))
             row.update(trainable_params=params.get("trainable"), total_params=params.get("total"))
@@ -283,6 +292,10 @@ def make_report(directory: str) -> Path:
     path = write_markdown(sweep, jobs, groups)
     write_csv(sweep, jobs, groups)
     write_png(sweep, groups)
+    from tl_cli import study
+
+    if study.is_study(groups):  # an LR search or a few-shot curve: also the per-cell strategy comparison
+        study.write_study(sweep, jobs, groups)
     return path
 
 

@@ -128,3 +128,16 @@ def test_synthetic_is_seeded() -> None:
     a, b = datamodule(["data=synthetic"]), datamodule(["data=synthetic"])
     assert torch.equal(a.splits["train"][3][0], b.splits["train"][3][0])
     assert len(a.splits["train"]) == 128 and a.num_classes == 4
+
+
+def test_min_samples_per_epoch_repeats_a_few_shot_set() -> None:
+    """Each epoch draws at least min_samples_per_epoch samples: every image, reshuffled, several times over."""
+    dm = datamodule(["data=digits", "data.samples_per_class=1", "data.min_samples_per_epoch=45", "data.batch_size=8"])
+    labels = [int(y) for _, y in dm.train_dataloader().dataset]
+    assert len(labels) == 10
+    drawn = torch.cat([y for _, y in dm.train_dataloader()])
+    assert len(drawn) == 45  # 6 batches: 5 of 8 and one of 5
+    assert set(drawn.tolist()) == set(range(10)) and np.bincount(drawn.numpy()).min() >= 4
+    plain = datamodule(["data=digits", "data.samples_per_class=1", "data.batch_size=8"])
+    assert sum(len(y) for _, y in plain.train_dataloader()) == 10
+    assert sum(len(y) for _, y in dm.val_dataloader()) == len(dm.splits["val"])  # evaluation never repeats

@@ -178,18 +178,19 @@ class TransferDataModule(L.LightningDataModule):
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
         if cached and not train and not self.cfg.eval_batch_size:
             batch_size = max(batch_size, 1024)  # evaluation on features: batch size does not change metrics
+        # few-shot sets: repeat (each pass reshuffled) so an epoch gives a real number of optimizer steps
+        epoch_size = max(len(dataset), self.cfg.min_samples_per_epoch or 0) if train else len(dataset)
         # a last batch of one sample breaks BatchNorm in training; drop only that case
-        drop_last = train and len(dataset) % batch_size == 1
-        if cached:
-            # Index whole batches of the feature tensors at once (no per-sample collate). The sampler draws
-            # the same random order a shuffled per-sample loader would, so results do not change.
-            sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+        drop_last = train and epoch_size % batch_size == 1
+        # the same random order whether images or cached features are served, so results do not change
+        sampler = RandomSampler(dataset, num_samples=epoch_size) if train else SequentialSampler(dataset)
+        if cached:  # index whole batches of the feature tensors at once (no per-sample collate)
             return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,

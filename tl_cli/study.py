@@ -1,0 +1,268 @@
+"""Transfer-study view of a sweep: per cell, each strategy at its val-selected LR, ties, auto's hit rate.
+
+A *cell* is one (dataset, backbone, source weights, samples per class). Within a cell, each strategy's
+learning rate is the one with the best mean **val** accuracy over seeds; its test accuracy (mean ± std
+over seeds) is then what the strategy scores. The best strategy and those tied with it (within the
+pooled std, as in report.md) answer "which approach should I use here?". `strategy=auto` jobs in the
+same sweep are scored against that answer. Written by `tlcli report` when a sweep varies the LR or the
+samples per class: study.md, study.csv and study.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tl_cli.report import Group, Job, _pooled, _short
+
+STRATEGY_ORDER = ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
+
+
+@dataclass
+class Choice:
+    """One strategy in one cell, at the LR chosen on validation accuracy."""
+
+    strategy: str
+    lr: float | None
+    group: Group
+    lrs_tried: int
+
+    @property
+    def test(self) -> tuple[float | None, float, int]:
+        return self.group.stat("test/acc")
+
+    @property
+    def val(self) -> float | None:
+        return self.group.stat("val/acc")[0]
+
+
+@dataclass
+class Cell:
+    dataset: str
+    backbone: str
+    weights: str
+    samples_per_class: int | None
+    choices: dict[str, Choice] = field(default_factory=dict)
+    auto_picks: list[str] = field(default_factory=list)  # one per auto job (seed)
+    auto_test: list[float] = field(default_factory=list)
+
+    def ranking(self) -> list[Choice]:
+        return sorted(self.choices.values(), key=lambda c: -(c.test[0] if c.test[0] is not None else -math.inf))
+
+    def winners(self) -> set[str]:
+        """The best strategy and every strategy tied with it (within the pooled std over seeds)."""
+        ranked = self.ranking()
+        if not ranked or ranked[0].test[0] is None:
+            return set()
+        best_mean, best_std, n_best = ranked[0].test
+        tied = {ranked[0].strategy}
+        for c in ranked[1:]:
+            mean, std, n = c.test
+            if mean is not None and best_mean - mean <= _pooled(best_std, n_best, std, n):
+                tied.add(c.strategy)
+        return tied
+
+    def auto_hits(self) -> int:
+        winners = self.winners()
+        return sum(pick in winners for pick in self.auto_picks)
+
+
+def _spc_order(spc: int | None) -> float:
+    return math.inf if spc is None else float(spc)
+
+
+def build_cells(groups: list[Group], jobs: list[Job]) -> list[Cell]:
+    """Cells of a sweep with each strategy's val-selected LR, plus auto's picks."""
+    cells: dict[tuple, Cell] = {}
+    by_strategy: dict[tuple, list[Group]] = {}
+    for g in groups:
+        strategy, backbone, weights, dataset, spc, _lr = g.key
+        if strategy == "auto":
+            continue
+        cell_key = (dataset, backbone, weights, spc)
+        cells.setdefault(cell_key, Cell(dataset, backbone, weights, spc))
+        by_strategy.setdefault((*cell_key, strategy), []).append(g)
+    for (*cell_key, strategy), candidates in by_strategy.items():
+        best = max(candidates, key=lambda g: g.stat("val/acc")[0] if g.stat("val/acc")[0] is not None else -1.0)
+        cells[tuple(cell_key)].choices[strategy] = Choice(strategy, best.key[5], best, len(candidates))
+    for job in jobs:
+        s = job.summary or {}
+        if s.get("strategy") != "auto" or not s.get("strategy_auto"):
+            continue
+        cell = cells.get((s.get("dataset"), s.get("backbone"), s.get("weights"), s.get("samples_per_class")))
+        if cell is not None:
+            cell.auto_picks.append(str(s["strategy_auto"].get("chosen")))
+            if job.metric("test/acc") is not None:
+                cell.auto_test.append(job.metric("test/acc"))
+    order = sorted(
+        cells.values(), key=lambda c: (c.dataset, c.backbone, str(c.weights), _spc_order(c.samples_per_class))
+    )
+    return order
+
+
+def _strategies(cells: list[Cell]) -> list[str]:
+    present = {s for c in cells for s in c.choices}
+    return [s for s in STRATEGY_ORDER if s in present] + sorted(present - set(STRATEGY_ORDER))
+
+
+def hit_rate(cells: list[Cell]) -> tuple[int, int]:
+    """(auto picks that were the best strategy or tied with it, auto picks)."""
+    return sum(c.auto_hits() for c in cells), sum(len(c.auto_picks) for c in cells)
+
+
+def write_markdown(sweep: Path, cells: list[Cell]) -> Path:
+    strategies = _strategies(cells)
+    lines = [f"# Transfer study: {sweep}", ""]
+    lines += [
+        "Test accuracy, mean ± std over seeds, of each strategy at the learning rate chosen on **validation** "
+        "accuracy (shown under it). **Bold**: best in its row; *≈*: tied with the best (within the pooled std). "
+        "auto: what `strategy=auto` picked per seed, and how many picks were the best or tied.",
+        "",
+    ]
+    for (dataset, backbone, weights), rows in _panels(cells).items():
+        lines += [f"## {dataset} · {backbone} · source {_short(weights)}", ""]
+        head = ["samples/class", *strategies] + (["auto picks (hits)"] if any(c.auto_picks for c in rows) else [])
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for cell in rows:
+            winners, ranked = cell.winners(), cell.ranking()
+            best = ranked[0].strategy if ranked else None
+            row = [_short(cell.samples_per_class)]
+            for s in strategies:
+                c = cell.choices.get(s)
+                if c is None or c.test[0] is None:
+                    row.append("-")
+                    continue
+                mean, std, n = c.test
+                text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+                text = f"**{text}**" if s == best else (f"≈ {text}" if s in winners else text)
+                row.append(f"{text}<br>lr {c.lr:g}" if c.lr is not None else text)
+            if len(head) > len(strategies) + 1:
+                picks = Counter(cell.auto_picks)
+                row.append(
+                    ", ".join(f"{k} ×{v}" for k, v in picks.items()) + f" ({cell.auto_hits()}/{len(cell.auto_picks)})"
+                )
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    hits, total = hit_rate(cells)
+    if total:
+        lines += [
+            f"**auto hit rate: {hits}/{total} = {hits / total:.0%}** of its picks were the best strategy of "
+            "their cell or tied with it.",
+            "",
+        ]
+    lines += [
+        "Plot: study.png (test accuracy against samples per class, one line per strategy). "
+        "Every job: report.csv; every LR group: report.md."
+    ]
+    path = sweep / "study.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_csv(sweep: Path, cells: list[Cell]) -> Path:
+    columns = [
+        "dataset",
+        "backbone",
+        "weights",
+        "samples_per_class",
+        "strategy",
+        "lr",
+        "lrs_tried",
+        "seeds",
+        "val_acc",
+        "test_acc",
+        "test_std",
+        "best_or_tied",
+        "auto_picks",
+    ]
+    path = sweep / "study.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for cell in cells:
+            winners = cell.winners()
+            for s, c in cell.choices.items():
+                mean, std, n = c.test
+                writer.writerow(
+                    [
+                        cell.dataset,
+                        cell.backbone,
+                        cell.weights,
+                        _short(cell.samples_per_class),
+                        s,
+                        c.lr,
+                        c.lrs_tried,
+                        n,
+                        c.val,
+                        mean,
+                        std,
+                        s in winners,
+                        " ".join(cell.auto_picks),
+                    ]
+                )
+    return path
+
+
+def _panels(cells: list[Cell]) -> dict[tuple, list[Cell]]:
+    panels: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        panels.setdefault((c.dataset, c.backbone, c.weights), []).append(c)
+    return panels
+
+
+def write_png(sweep: Path, cells: list[Cell]) -> Path:
+    """study.png: test acc (val-selected LR) against samples per class, one line per strategy, a panel per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = _panels(cells)
+    strategies = _strategies(cells)
+    colors = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(strategies)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels) + 2, 5), squeeze=False, constrained_layout=True)
+    for ax, ((dataset, backbone, weights), rows) in zip(axes[0], panels.items(), strict=True):
+        ticks = [_short(c.samples_per_class) for c in rows]
+        x = list(range(len(rows)))  # even spacing: 1, 2, 5, 10, 50, all
+        for s in strategies:
+            points = [(i, c.choices[s].test) for i, c in enumerate(rows) if s in c.choices and c.choices[s].test[0]]
+            if points:
+                xs, stats = zip(*points, strict=True)
+                ax.errorbar(
+                    xs,
+                    [m for m, _, _ in stats],
+                    yerr=[sd for _, sd, _ in stats],
+                    marker="o",
+                    capsize=3,
+                    color=colors[s],
+                    label=s,
+                    linestyle="--" if s == "scratch" else "-",
+                )
+        ax.set_xticks(x, ticks)
+        ax.set_xlabel("training samples per class")
+        ax.set_ylabel("test accuracy (mean ± std over seeds)")
+        ax.set_title(f"{dataset} · {backbone} · source {_short(weights)}", fontsize=10)
+        ax.set_ylim(0, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(title="strategy (LR chosen on val)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Few-shot curve: where does transfer stop beating scratch?", fontsize=11)
+    path = sweep / "study.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def is_study(groups: list[Group]) -> bool:
+    """A sweep over the LR or the samples per class (more than one value of either)."""
+    return len({g.key[4] for g in groups}) > 1 or len({g.key[5] for g in groups}) > 1
+
+
+def write_study(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
+    cells = build_cells(groups, jobs)
+    path = write_markdown(sweep, cells)
+    write_csv(sweep, cells)
+    write_png(sweep, cells)
+    return path

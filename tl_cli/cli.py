@@ -10,10 +10,9 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from tl_cli import __version__
-from tl_cli.errors import TlcliError, choose_from, report
+from tl_cli.errors import TlcliError, choose_from, describe, report
 
 COMMANDS: dict[str, str] = {
     "train": "fit a transfer strategy on a timm backbone, test it, write a run directory",
@@ -50,34 +49,35 @@ examples:
   tlcli report <multirun dir>                     # report.md / .csv / .png comparing a sweep's runs
 """
 
-# The sweep folder of the `tlcli train -m` in progress (set by its jobs), named after the sweep ends.
+# The sweep folder of the `tlcli train -m` in progress, named after the sweep ends. Set in the launching
+# process by the Hydra callback in configs/hydra/default.yaml (tl_cli/sweep_callback.py), so also when the
+# jobs run elsewhere.
 _sweep_dir: str | None = None
+# The process that runs the Hydra app. In the jobs of out-of-process launchers (joblib workers, submitit/SLURM
+# jobs) it is None or, where the task was pickled by value, another process's id.
+_launching_pid: int | None = None
 
 
 def _task(command: str) -> Callable:
     def task(cfg) -> float | None:
-        _remember_sweep_dir(command)
         try:
             return importlib.import_module(_MODULES[command]).main(cfg)
         except SystemExit:
             raise
-        except BaseException as ex:  # one line, no traceback; inside Hydra so multirun stops cleanly
-            raise SystemExit(report(ex)) from None
+        except BaseException as ex:
+            if os.environ.get("TLCLI_DEBUG"):
+                raise
+            if _launching_pid == os.getpid():  # one line, no traceback; inside Hydra so multirun stops cleanly
+                raise SystemExit(report(ex)) from None
+            # A job in another process: hand the one-line message back to the launching process, which prints
+            # it. A SystemExit would end a submitit job before it writes its result (an opaque
+            # UncompletedJobError there); a plain exception travels back inside Hydra's JobReturn.
+            message, code = describe(ex)
+            error = TlcliError(message)
+            error.exit_code = code
+            raise error from None
 
     return task
-
-
-def _remember_sweep_dir(command: str) -> None:
-    """Inside a train multirun job, note the sweep folder so `tlcli report <it>` can be suggested."""
-    global _sweep_dir
-    if command != "train":
-        return
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        _sweep_dir = str(Path(hydra_cfg.sweep.dir).absolute())
 
 
 def _stray_data_override(command: str, args: list[str]) -> str | None:
@@ -89,10 +89,11 @@ def _stray_data_override(command: str, args: list[str]) -> str | None:
 
 
 def run_hydra(command: str, args: list[str]) -> int:
-    global _sweep_dir
+    global _sweep_dir, _launching_pid
     import hydra
 
     _sweep_dir = None
+    _launching_pid = os.getpid()
 
     stray = _stray_data_override(command, args)
     if stray:

@@ -141,7 +141,8 @@ def build(cfg: DictConfig) -> Job:
 
 
 def train(cfg: DictConfig) -> float:
-    """Fit and test one configuration; returns the test accuracy (the metric sweepers optimise).
+    """Fit and test one configuration; returns `metrics[cfg.optimized_metric]` (default val/acc: the value
+    sweepers such as hparams_search=optuna optimise; validation, so that test stays unseen by the search).
 
     Rerunning into a run dir that already holds this exact config (e.g. a sweep rerun with the same
     hydra.sweep.dir) skips a finished job and resumes an unfinished one from its last.ckpt.
@@ -152,7 +153,10 @@ def train(cfg: DictConfig) -> float:
     if done is not None and not cfg.get("resume"):
         log.info("already finished with this config, skipping: %s (delete its summary.json to rerun)", out)
         _print_result(done["metrics"], out)
-        return float(done["metrics"].get("test/acc", 0.0))
+        metric = cfg.get("optimized_metric", "val/acc")  # a resumed run from before the key existed lacks it
+        if metric not in done["metrics"]:
+            raise choose_from("optimized_metric", metric, done["metrics"])
+        return float(done["metrics"][metric])
     marker = out / "checkpoints" / "config.sha"
     resume_dir = cfg.get("resume")
     if not resume_dir and (out / LAST).is_file() and marker.is_file() and marker.read_text() == config_sha:
@@ -258,7 +262,10 @@ def train(cfg: DictConfig) -> float:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if trainer.is_global_zero:
         _print_result(metrics, out)
-    return float(metrics.get("test/acc", 0.0))
+    metric = cfg.get("optimized_metric", "val/acc")  # a resumed run from before the key existed lacks it
+    if metric not in metrics:
+        raise choose_from("optimized_metric", metric, metrics)
+    return float(metrics[metric])
 
 
 def _print_result(metrics: dict, out: Path) -> None:

@@ -44,6 +44,8 @@ def check_config(cfg: DictConfig) -> None:
             raise TlcliError(f"{key}={value} must be positive")
     if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
         raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
+    if (cfg.data.min_samples_per_epoch or 0) < 0:
+        raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
     hints = typing.get_type_hints(L.Trainer.__init__)
     valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
     for key, value in OmegaConf.to_container(cfg.trainer, resolve=False).items():
@@ -177,6 +179,7 @@ def train(cfg: DictConfig) -> float:
         str(trainer_args.get("strategy", "")).startswith("ddp")
         and not str(trainer_args["strategy"]).startswith("ddp_spawn")
         and HydraConfig.get().mode == RunMode.MULTIRUN
+        and not _cluster_starts_processes()
     ):
         # Lightning's ddp launcher re-runs the whole command on every extra rank: under -m, the whole sweep
         log.warning("trainer.strategy=%s under multirun: using ddp_spawn instead", trainer_args["strategy"])
@@ -240,6 +243,7 @@ def train(cfg: DictConfig) -> float:
         "weights": source,
         "dataset": cfg.data.name,
         "samples_per_class": cfg.data.samples_per_class,
+        "lr": cfg.optim.lr,
         "num_classes": datamodule.num_classes,
         "split_sizes": {s: len(d) for s, d in datamodule.splits.items()},
         "split_notes": datamodule.notes,
@@ -296,6 +300,14 @@ def _backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
         kwargs["img_size"] = cfg.model.img_size
     return kwargs
+
+
+def _cluster_starts_processes() -> bool:
+    """SLURM (e.g. hydra/launcher=submitit_slurm with one task per GPU) or torchrun start every rank
+    themselves; there Lightning's ddp joins them and nothing re-launches the sweep."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()
 
 
 def _fixed_input_size(name: str) -> bool:

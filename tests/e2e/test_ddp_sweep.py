@@ -23,3 +23,15 @@ def test_ddp_sweep_gives_one_run_dir_per_job(tlcli, tmp_path: Path) -> None:
     assert [s["strategy"] for s in summaries] == ["freeze", "finetune"]
     assert summaries[0]["metrics"]["test/acc"] > 0.5  # the frozen Fashion-MNIST features separate the prototypes
     assert all((p / "model.safetensors").is_file() and (p / "checkpoints" / "best.ckpt").is_file() for p in runs)
+
+
+def test_ddp_is_kept_where_the_cluster_starts_the_ranks(monkeypatch) -> None:
+    """Inside a SLURM job step (one task per GPU) or torchrun, ranks exist already: no switch to ddp_spawn."""
+    from tl_cli.train import _cluster_starts_processes
+
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "LOCAL_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    assert not _cluster_starts_processes()
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_JOB_NAME", "tlcli-sweep")
+    assert _cluster_starts_processes()

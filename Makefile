@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install train test test-all lint format smoke source-model fashion-mnist bench clean
+.PHONY: install train test test-all lint format smoke source-model fashion-mnist bench clean study study-sources study-smoke
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,32 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_precision
 	$(PY) -m benchmarks.bench_cache
 	$(PY) -m benchmarks.bench_memory
+
+# Transfer study (README "Transfer study"): sources, then every target preset x backbone, its strategy=auto
+# picks, and the report (study.md/csv/png) in $(OUT)/study/<target>_<backbone>. Each step prints its wall time.
+OUT              ?= $${TLCLI_OUTPUT_DIR:-outputs}
+STUDY_BACKBONES  ?= test_resnet resnet10t
+STUDY_TARGETS    ?= fashion5 digits
+
+study-sources: install fashion-mnist
+	@for b in $(STUDY_BACKBONES); do for s in narrow broad; do \
+	  [ -f $(OUT)/study/sources/$${s}_$$b/model.safetensors ] && continue; \
+	  /usr/bin/time -f "study_source_$$s $$b: %e s" $(TLCLI) train experiment=study_source_$$s model.backbone=$$b \
+	    +trainer.enable_progress_bar=false callbacks.progress_bar=null || exit 1; \
+	done; done
+
+study: study-sources
+	@for b in $(STUDY_BACKBONES); do for t in $(STUDY_TARGETS); do \
+	  /usr/bin/time -f "study_$$t $$b: %e s" $(TLCLI) train -m experiment=study_$$t model.backbone=$$b || exit 1; \
+	  /usr/bin/time -f "study_$$t $$b auto: %e s" $(TLCLI) train -m experiment=study_$$t model.backbone=$$b \
+	    strategy=auto optim.lr=0.01 || exit 1; \
+	  $(TLCLI) report $(OUT)/study/$${t}_$$b || exit 1; \
+	done; done
+
+study-smoke: install
+	$(TLCLI) train -m experiment=study_smoke
+	$(TLCLI) train -m experiment=study_smoke strategy=auto optim.lr=0.01
+	$(TLCLI) report $(OUT)/study/smoke_test_resnet
 
 # Rebuild the embedded source model from its recipe (configs/experiment/source_fashion_mnist.yaml).
 source-model: install fashion-mnist

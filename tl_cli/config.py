@@ -62,6 +62,7 @@ class DataConfig:
     eval_batch_size: int | None = None
     num_workers: int = 0
     samples_per_class: int | None = None  # seeded, class-balanced few-shot train subset
+    min_samples_per_epoch: int | None = None  # a smaller train set is reshuffled and repeated up to this per epoch
     classes: list[Any] | None = None  # keep only these classes (names or indices)
     val_fraction: float = 0.1  # held out of train when there is no val split
     test_fraction: float = 0.2  # held out when the dataset has no test split

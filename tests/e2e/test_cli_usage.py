@@ -25,7 +25,7 @@ def test_hydra_flags_work(tlcli) -> None:
     removed = tlcli("train", "--cfg", "job", "~logger")
     assert removed.returncode == 0 and "CSVLogger" not in removed.stdout
     helped = tlcli("train", "--help")
-    assert helped.returncode == 0 and "strategy: extend_finetune, extend_freeze, finetune, freeze, scratch" in (
+    assert helped.returncode == 0 and "strategy: auto, extend_finetune, extend_freeze, finetune, freeze, scratch" in (
         helped.stdout
     )
 

@@ -55,26 +55,25 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_cache
 	$(PY) -m benchmarks.bench_memory
 
-# Transfer study (README "Transfer study"): sources, then every target preset x backbone, its strategy=auto
-# picks, and the report (study.md/csv/png) in $(OUT)/study/<target>_<backbone>. Each step prints its wall time.
-OUT              ?= $${TLCLI_OUTPUT_DIR:-outputs}
-STUDY_BACKBONES  ?= test_resnet resnet10t
-STUDY_TARGETS    ?= fashion5 digits
+# Transfer study (README "Transfer study"): the sources it needs, then each target:backbone sweep, its
+# strategy=auto picks and its report (study.md/csv/png) in $(OUT)/study/<target>_<backbone>. Steps print wall times.
+OUT          ?= $${TLCLI_OUTPUT_DIR:-outputs}
+STUDY_RUNS   ?= fashion5:test_resnet fashion5:resnet10t digits:test_resnet
 
 study-sources: install fashion-mnist
-	@for b in $(STUDY_BACKBONES); do for s in narrow broad; do \
+	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; s=$$([ $$t = digits ] && echo broad || echo narrow); \
 	  [ -f $(OUT)/study/sources/$${s}_$$b/model.safetensors ] && continue; \
 	  /usr/bin/time -f "study_source_$$s $$b: %e s" $(TLCLI) train experiment=study_source_$$s model.backbone=$$b \
 	    +trainer.enable_progress_bar=false callbacks.progress_bar=null || exit 1; \
-	done; done
+	done
 
 study: study-sources
-	@for b in $(STUDY_BACKBONES); do for t in $(STUDY_TARGETS); do \
+	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; \
 	  /usr/bin/time -f "study_$$t $$b: %e s" $(TLCLI) train -m experiment=study_$$t model.backbone=$$b || exit 1; \
 	  /usr/bin/time -f "study_$$t $$b auto: %e s" $(TLCLI) train -m experiment=study_$$t model.backbone=$$b \
 	    strategy=auto optim.lr=0.01 || exit 1; \
 	  $(TLCLI) report $(OUT)/study/$${t}_$$b || exit 1; \
-	done; done
+	done
 
 study-smoke: install
 	$(TLCLI) train -m experiment=study_smoke

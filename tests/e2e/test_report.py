@@ -53,9 +53,10 @@ def test_report_markdown_groups_seeds_and_lists_unfinished(sweep, reported) -> N
     assert len(rows) == 2 and {r.split(" | ")[1] for r in rows} == {"freeze", "finetune"}
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split(" | ")]
-        assert cells[5] == "2 (1, 2)" and "±" in cells[6] and "±" in cells[7], row
+        assert cells[6] == "2 (1, 2)" and "±" in cells[7] and "±" in cells[8], row
+        assert float(cells[5]) > 0  # the learning rate: runs at another LR would be another group
     assert rows[0].startswith("| best |")
-    means = [float(r.split(" | ")[7].split(" ± ")[0]) for r in rows]
+    means = [float(r.split(" | ")[8].split(" ± ")[0]) for r in rows]
     assert means == sorted(means, reverse=True)
     assert "tie with best" in table and "pooled std" in table  # the rule is written down
     assert str(folder / "4") in failed and "strategy=finetune" in failed and "seed=2" in failed

@@ -5,6 +5,7 @@ Transforms are applied later by the datamodule, from the backbone's timm data co
 
 from __future__ import annotations
 
+import functools
 import gzip
 import logging
 from collections.abc import Callable
@@ -111,6 +112,13 @@ def digits(cfg, seed: int) -> RawSplits:
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An idx file's array (read-only). Decoded once per process: a sweep's jobs share it."""
+    stat = path.stat()
+    return _read_idx_cached(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_cached(path: Path, mtime_ns: int, size: int) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]

@@ -1,0 +1,39 @@
+"""The CI-sized transfer study (experiment=study_smoke), its strategy=auto picks and the study report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+
+def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> None:
+    sweep = tmp_path / "outputs" / "study" / "smoke_test_resnet"
+    grid = tlcli("train", "-m", "experiment=study_smoke")
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    auto = tlcli("train", "-m", "experiment=study_smoke", "strategy=auto", "optim.lr=0.01")
+    assert auto.returncode == 0, auto.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert len(summaries) == 5 * 2 * 2 * 2 + 2 * 2  # strategies x spc x lr x seeds, + auto's spc x seeds
+    assert all(s["split_sizes"]["train"] in (20, 1293) for s in summaries)
+
+    report = tlcli("report", str(sweep))
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = list(csv.DictReader(open(sweep / "study.csv")))
+    assert {r["strategy"] for r in rows} == {"freeze", "finetune", "extend_freeze", "extend_finetune", "scratch"}
+    assert {r["samples_per_class"] for r in rows} == {"2", "all"}
+    for row in rows:  # the reported LR is the one with the best mean val acc over seeds, whatever test says
+        spc = None if row["samples_per_class"] == "all" else int(row["samples_per_class"])
+        runs = [s for s in summaries if s["strategy"] == row["strategy"] and s["samples_per_class"] == spc]
+        val = {lr: statistics.fmean(s["metrics"]["val/acc"] for s in runs if s["lr"] == lr) for lr in (0.01, 0.03)}
+        assert float(row["lr"]) == max(val, key=val.get), (row, val)
+        test = [s["metrics"]["test/acc"] for s in runs if s["lr"] == float(row["lr"])]
+        assert abs(float(row["test_acc"]) - statistics.fmean(test)) < 1e-9
+    for spc in ("2", "all"):
+        assert any(r["best_or_tied"] == "True" for r in rows if r["samples_per_class"] == spc)
+    picks = [s["strategy_auto"]["chosen"] for s in summaries if s["strategy"] == "auto"]
+    assert len(picks) == 4
+    study_md = (sweep / "study.md").read_text()
+    assert "auto hit rate:" in study_md and "lr 0.0" in study_md
+    assert (sweep / "study.png").stat().st_size > 20_000

@@ -74,16 +74,28 @@ def _spc_order(spc: int | None) -> float:
     return math.inf if spc is None else float(spc)
 
 
+def _source(job: Job) -> str:
+    """The configured source weights: scratch and an auto run that picked scratch report "random init"
+    in summary.json, yet belong to the cell of the source they were compared with."""
+    configured = (job.config.get("model") or {}).get("weights")
+    return str(configured) if configured is not None else str((job.summary or {}).get("weights"))
+
+
 def build_cells(groups: list[Group], jobs: list[Job]) -> list[Cell]:
     """Cells of a sweep with each strategy's val-selected LR, plus auto's picks."""
     cells: dict[tuple, Cell] = {}
     by_strategy: dict[tuple, list[Group]] = {}
+    shown: dict[str, str] = {}  # configured source -> the weights file the transfer runs loaded
     for g in groups:
-        strategy, backbone, weights, dataset, spc, _lr = g.key
+        if g.key[0] not in ("scratch", "auto"):
+            shown.setdefault(_source(g.jobs[0]), str(g.key[2]))
+    for g in groups:
+        strategy, backbone, _weights, dataset, spc, _lr = g.key
         if strategy == "auto":
             continue
-        cell_key = (dataset, backbone, weights, spc)
-        cells.setdefault(cell_key, Cell(dataset, backbone, weights, spc))
+        source = _source(g.jobs[0])
+        cell_key = (dataset, backbone, source, spc)
+        cells.setdefault(cell_key, Cell(dataset, backbone, shown.get(source, source), spc))
         by_strategy.setdefault((*cell_key, strategy), []).append(g)
     for (*cell_key, strategy), candidates in by_strategy.items():
         best = max(candidates, key=lambda g: g.stat("val/acc")[0] if g.stat("val/acc")[0] is not None else -1.0)
@@ -92,7 +104,7 @@ def build_cells(groups: list[Group], jobs: list[Job]) -> list[Cell]:
         s = job.summary or {}
         if s.get("strategy") != "auto" or not s.get("strategy_auto"):
             continue
-        cell = cells.get((s.get("dataset"), s.get("backbone"), s.get("weights"), s.get("samples_per_class")))
+        cell = cells.get((s.get("dataset"), s.get("backbone"), _source(job), s.get("samples_per_class")))
         if cell is not None:
             cell.auto_picks.append(str(s["strategy_auto"].get("chosen")))
             if job.metric("test/acc") is not None:

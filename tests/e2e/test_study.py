@@ -22,7 +22,10 @@ def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> N
     assert report.returncode == 0, report.stderr[-3000:]
     rows = list(csv.DictReader(open(sweep / "study.csv")))
     assert {r["strategy"] for r in rows} == {"freeze", "finetune", "extend_freeze", "extend_finetune", "scratch"}
-    assert {r["samples_per_class"] for r in rows} == {"2", "all"}
+    assert {r["samples_per_class"] for r in rows} == {"2", "all"} and len(rows) == 10  # scratch shares the cells
+    assert {r["weights"] for r in rows} == {
+        str(Path(__file__).parents[2] / "tl_cli/assets/fashion_mnist_test_resnet.safetensors")
+    }
     for row in rows:  # the reported LR is the one with the best mean val acc over seeds, whatever test says
         spc = None if row["samples_per_class"] == "all" else int(row["samples_per_class"])
         runs = [s for s in summaries if s["strategy"] == row["strategy"] and s["samples_per_class"] == spc]

@@ -24,6 +24,8 @@ def write_job(sweep: Path, name: str, strategy: str, lr: float, seed: int, val: 
         "params": {"trainable": 1, "total": 2},
         **extra,
     }
+    folder.joinpath(".hydra").mkdir()
+    (folder / ".hydra/config.yaml").write_text("model:\n  weights: source.safetensors\n")
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
@@ -32,7 +34,8 @@ def test_lr_is_chosen_on_val_and_ties_and_auto_hits_are_scored(tmp_path: Path) -
         # freeze: lr 0.01 is better on val, 0.1 better on test; the study must report lr 0.01's test acc
         write_job(tmp_path, f"f1_{seed}", "freeze", 0.01, seed, val=0.80, test=0.70 + seed * 0.04)
         write_job(tmp_path, f"f2_{seed}", "freeze", 0.1, seed, val=0.60, test=0.95)
-        write_job(tmp_path, f"s_{seed}", "scratch", 0.01, seed, val=0.9, test=0.72 + seed * 0.02)  # tie with freeze
+        # scratch reports "random init" as its weights, yet is compared within the source's cell
+        write_job(tmp_path, f"s_{seed}", "scratch", 0.01, seed, 0.9, 0.72 + seed * 0.02, weights="random init")
         write_job(tmp_path, f"ft_{seed}", "finetune", 0.01, seed, val=0.9, test=0.50)  # clearly worse
         picks = {0: "freeze", 1: "finetune"}
         write_job(tmp_path, f"a_{seed}", "auto", 0.01, seed, 0.8, 0.7, strategy_auto={"chosen": picks[seed]})

@@ -70,6 +70,12 @@ class Cell:
         return sum(pick in winners for pick in self.auto_picks)
 
 
+def _source_name(weights: str) -> str:
+    """A weights file's short name; a tlcli run's model.safetensors is named after its run folder."""
+    path = Path(str(weights))
+    return path.parent.name if path.stem == "model" and path.parent.name else _short(weights)
+
+
 def _spc_order(spc: int | None) -> float:
     return math.inf if spc is None else float(spc)
 
@@ -135,7 +141,7 @@ def write_markdown(sweep: Path, cells: list[Cell]) -> Path:
         "",
     ]
     for (dataset, backbone, weights), rows in _panels(cells).items():
-        lines += [f"## {dataset} · {backbone} · source {_short(weights)}", ""]
+        lines += [f"## {dataset} · {backbone} · source {_source_name(weights)}", ""]
         head = ["samples/class", *strategies] + (["auto picks (hits)"] if any(c.auto_picks for c in rows) else [])
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for cell in rows:
@@ -256,8 +262,9 @@ def write_png(sweep: Path, cells: list[Cell]) -> Path:
         ax.set_xticks(x, ticks)
         ax.set_xlabel("training samples per class")
         ax.set_ylabel("test accuracy (mean ± std over seeds)")
-        ax.set_title(f"{dataset} · {backbone} · source {_short(weights)}", fontsize=10)
-        ax.set_ylim(0, 1.0)
+        ax.set_title(f"{dataset} · {backbone} · source {_source_name(weights)}", fontsize=10)
+        low = min((c.test[0] - c.test[1] for r in rows for c in r.choices.values() if c.test[0] is not None), default=0)
+        ax.set_ylim(max(0.0, low - 0.05), 1.0)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(title="strategy (LR chosen on val)", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Few-shot curve: where does transfer stop beating scratch?", fontsize=11)

@@ -125,11 +125,15 @@ def group_jobs(jobs: list[Job]) -> list[Group]:
     for g in groups:
         g.label = " ".join([str(g.key[0]), *(f"{short[i]}{_short(g.key[i])}" for i in varying)])
     groups.sort(key=lambda g: -(g.stat("test/acc")[0] if g.stat("test/acc")[0] is not None else -math.inf))
-    best_mean, best_std, n_best = groups[0].stat("test/acc") if groups else (None, 0.0, 0)
     for g in groups[1:]:
-        mean, std, n = g.stat("test/acc")
-        g.tie = best_mean is not None and mean is not None and best_mean - mean <= _pooled(best_std, n_best, std, n)
+        g.tie = tied_with_best(groups[0].stat("test/acc"), g.stat("test/acc"))
     return groups
+
+
+def tied_with_best(best: tuple[float | None, float, int], other: tuple[float | None, float, int]) -> bool:
+    """Whether `other` (mean, std, n over seeds) is within one pooled std of `best`: a difference within noise."""
+    (best_mean, best_std, n_best), (mean, std, n) = best, other
+    return best_mean is not None and mean is not None and best_mean - mean <= _pooled(best_std, n_best, std, n)
 
 
 def _pooled(s1: float, n1: int, s2: float, n2: int) -> float:

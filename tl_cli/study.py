@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_cli.report import Group, Job, _pooled, _short
+from tl_cli.report import Group, Job, _short, tied_with_best
 
 STRATEGY_ORDER = ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
 
@@ -47,7 +47,6 @@ class Cell:
     samples_per_class: int | None
     choices: dict[str, Choice] = field(default_factory=dict)
     auto_picks: list[str] = field(default_factory=list)  # one per auto job (seed)
-    auto_test: list[float] = field(default_factory=list)
 
     def ranking(self) -> list[Choice]:
         return sorted(self.choices.values(), key=lambda c: -(c.test[0] if c.test[0] is not None else -math.inf))
@@ -57,13 +56,7 @@ class Cell:
         ranked = self.ranking()
         if not ranked or ranked[0].test[0] is None:
             return set()
-        best_mean, best_std, n_best = ranked[0].test
-        tied = {ranked[0].strategy}
-        for c in ranked[1:]:
-            mean, std, n = c.test
-            if mean is not None and best_mean - mean <= _pooled(best_std, n_best, std, n):
-                tied.add(c.strategy)
-        return tied
+        return {ranked[0].strategy} | {c.strategy for c in ranked[1:] if tied_with_best(ranked[0].test, c.test)}
 
     def auto_hits(self) -> int:
         winners = self.winners()
@@ -113,8 +106,6 @@ def build_cells(groups: list[Group], jobs: list[Job]) -> list[Cell]:
         cell = cells.get((s.get("dataset"), s.get("backbone"), _source(job), s.get("samples_per_class")))
         if cell is not None:
             cell.auto_picks.append(str(s["strategy_auto"].get("chosen")))
-            if job.metric("test/acc") is not None:
-                cell.auto_test.append(job.metric("test/acc"))
     order = sorted(
         cells.values(), key=lambda c: (c.dataset, c.backbone, str(c.weights), _spc_order(c.samples_per_class))
     )

@@ -1,10 +1,16 @@
 """Framework tax: tlcli's Lightning training loop vs a minimal hand-written PyTorch loop.
 
 Same TransferNet (finetune: everything trains), same optimizer groups, batch, precision and in-memory
-DataLoader, same process; runs alternate (raw, tlcli, raw, tlcli, ...) and the median images/s is compared.
-Timing windows skip the first `warmup` steps of each run.
+data, same process. The tlcli side is a real Lightning Trainer with tlcli's module, its configured
+callbacks (progress bar, LR monitor), logger and own callbacks.
 
-    python benchmarks/bench_throughput.py [--quick]
+The two loops run in lockstep: before each tlcli step, a callback runs one step of the raw loop (its own
+copy of the net, optimizer and DataLoader). Each tlcli step is timed from the end of that raw step to the
+start of the next, so it covers its data fetch, every hook and the optimizer. Paired steps milliseconds
+apart see the same machine state; separate alternating runs on this shared 2-core machine drifted by
+±10 % between runs, more than the overhead being measured. Speed is batch / median step time.
+
+    python -m benchmarks.bench_throughput [--quick] [--precision 32-true]
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable
 
 import lightning as L
 import timm
@@ -28,20 +35,6 @@ from tl_cli.strategies import param_groups
 OPTIM = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "scheduler": "constant"}
 
 
-class StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start, self.end, self.images = warmup, 0.0, 0.0, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx >= self.warmup:
-            self.images += len(batch[1])
-            self.end = time.perf_counter()
-
-
 def make_net(backbone: str, img: int, channels_last: bool) -> TransferNet:
     kwargs = {"img_size": img} if "vit" in backbone else {}
     net = TransferNet(timm.create_model(backbone, num_classes=0, **kwargs), num_classes=10)
@@ -55,47 +48,90 @@ def loader(img: int, batch: int, steps: int) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True)
 
 
-def raw_loop(backbone, img, batch, steps, warmup, precision, channels_last) -> float:
-    """The minimal loop: forward, loss, backward, step."""
+def raw_stepper(backbone, img, batch, steps, precision, channels_last) -> Callable[[], None]:
+    """The minimal loop, one step per call: fetch, forward, loss, backward, step."""
     from timm.optim import create_optimizer_v2
 
     net = make_net(backbone, img, channels_last).train()
     groups = param_groups(net, OPTIM["lr"], 1.0, OPTIM["weight_decay"])
     opt = create_optimizer_v2(groups, opt="adamw", lr=OPTIM["lr"], weight_decay=OPTIM["weight_decay"])
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
-    start, images = 0.0, 0
-    for i, (x, y) in enumerate(loader(img, batch, steps)):
-        if i == warmup:
-            start = time.perf_counter()
+    bf16 = precision == "bf16-mixed"
+    batches = iter(loader(img, batch, steps))
+
+    def step() -> None:
+        x, y = next(batches)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            images += len(y)
-    return images / (time.perf_counter() - start)
+
+    return step
 
 
-def tlcli_loop(backbone, img, batch, steps, warmup, precision, channels_last) -> float:
-    """tlcli's module with its default callbacks and CSV logger, under a real Lightning Trainer."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger
+def raw_loop(backbone, img, batch, steps, warmup, precision, channels_last) -> float:
+    """Images/s of the raw loop alone (batch / median step time after warmup)."""
+    step = raw_stepper(backbone, img, batch, steps, precision, channels_last)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return batch / median(times[warmup:])
 
+
+class Lockstep(L.Callback):
+    """Runs one raw step at the start of every tlcli step and times both."""
+
+    def __init__(self, raw_step: Callable[[], None]) -> None:
+        self.raw_step = raw_step
+        self.raw: list[float] = []
+        self.tlcli: list[float] = []
+        self._tlcli_start: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        start = time.perf_counter()
+        if self._tlcli_start is not None:
+            self.tlcli.append(start - self._tlcli_start)
+        self.raw_step()
+        self._tlcli_start = time.perf_counter()
+        self.raw.append(self._tlcli_start - start)
+
+
+def tlcli_callbacks_and_loggers(tmp: str) -> tuple[list, list]:
+    """The callbacks and loggers `tlcli train` configures by default (checkpointing aside: no val here)."""
+    from hydra import compose, initialize_config_dir
+
+    from tl_cli.callbacks import GracefulInterrupt, RngState, Throughput
+    from tl_cli.config import register_schemas
+    from tl_cli.paths import config_dir, register_resolvers
+    from tl_cli.train import instantiate_group
+
+    register_schemas()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={tmp}", "~callbacks.model_checkpoint"])
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), Throughput(), RngState(), GracefulInterrupt(tmp)]
+    return callbacks, instantiate_group(cfg.logger, "logger")
+
+
+def lockstep(backbone, img, batch, steps, warmup, precision, channels_last) -> tuple[float, float]:
+    """(raw, tlcli) images/s from one Trainer run with the raw loop stepping alongside."""
     net = make_net(backbone, img, channels_last)
     module = TransferModule(net, 10, OPTIM, backbone_lr_mult=1.0, backbone=backbone)
     module.channels_last = channels_last
-    timer = StepTimer(warmup)
+    timer = Lockstep(raw_stepper(backbone, img, batch, steps + 1, precision, channels_last))
     with tempfile.TemporaryDirectory() as tmp:
+        callbacks, loggers = tlcli_callbacks_and_loggers(tmp)
         trainer = L.Trainer(
             accelerator="cpu",
             devices=1,
             max_steps=steps,
             precision=precision,
-            logger=CSVLogger(tmp, name=""),
-            callbacks=[timer, TQDMProgressBar(), LearningRateMonitor("epoch")],
+            logger=loggers,
+            callbacks=[timer, *callbacks],  # first: the other hooks count as tlcli's time
             enable_checkpointing=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
@@ -103,34 +139,45 @@ def tlcli_loop(backbone, img, batch, steps, warmup, precision, channels_last) ->
             log_every_n_steps=10,
         )
         trainer.fit(module, train_dataloaders=loader(img, batch, steps))
-    return timer.images / (timer.end - timer.start)
+    return batch / median(timer.raw[warmup:]), batch / median(timer.tlcli[warmup:])
 
 
-CASES = [  # backbone, image size, batch
-    ("resnet18", 64, 64),
-    ("test_resnet", 32, 64),
-    ("vit_tiny_patch16_224", 64, 64),
+CASES = [  # backbone, image size, batch, timed steps (under a minute per run on 2 cores)
+    ("resnet18", 64, 64, 60),
+    ("test_resnet", 32, 64, 300),
+    ("vit_tiny_patch16_224", 64, 64, 60),
 ]
 
 
 def main() -> None:
+    from tl_cli import speed
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--precision", default="auto", help="auto: tlcli's default for this machine")
     args = parser.parse_args()
-    steps, warmup, repeats = (12, 3, 2) if args.quick else (30, 5, 3)
+    precision, channels_last, _ = speed.resolve(args.precision, "auto", "cpu")
+    warmup, repeats = (3, 1) if args.quick else (10, 3)
     rows = []
-    for backbone, img, batch in CASES:
-        raw, ours = [], []
-        for _ in range(repeats):  # alternate, so drift on a noisy machine hits both equally
-            raw.append(raw_loop(backbone, img, batch, steps, warmup, args.precision, args.channels_last))
-            ours.append(tlcli_loop(backbone, img, batch, steps, warmup, args.precision, args.channels_last))
-        r, o = median(raw), median(ours)
-        rows.append([f"{backbone} @ {img}px, batch {batch}", f"{r:.0f}", f"{o:.0f}", f"{o / r:.3f}"])
+    for backbone, img, batch, steps in CASES:
+        steps = steps // 5 if args.quick else steps
+        runs = [
+            lockstep(backbone, img, batch, warmup + steps, warmup, precision, channels_last) for _ in range(repeats)
+        ]
+        ratios = sorted(ours / raw for raw, ours in runs)
+        raw, ours = median([r for r, _ in runs]), median([o for _, o in runs])
+        rows.append(
+            [
+                f"{backbone} @ {img}px, batch {batch}",
+                f"{raw:.0f}",
+                f"{ours:.0f}",
+                f"**{median(ratios):.3f}**",
+                " / ".join(f"{r:.3f}" for r in ratios),
+            ]
+        )
         print(rows[-1], flush=True)
-    print(f"\nframework tax ({args.precision}{', channels_last' if args.channels_last else ''}): {machine()}")
-    print(table(["finetune, in-memory data", "raw loop img/s", "tlcli img/s", "ratio tlcli/raw"], rows))
+    print(f"\nframework tax ({precision}{', channels_last' if channels_last else ''}, lockstep): {machine()}")
+    print(table(["finetune, in-memory data", "raw loop img/s", "tlcli img/s", "ratio", "ratio per run"], rows))
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
     torch.manual_seed(cfg.seed)  # the network strategy=scratch starts from
     random_init, _ = create_backbone(cfg.model.backbone, None, **backbone_kwargs)
     data_config = resolve_data_config(source, cfg.data, cfg.model.in_chans, cfg.model.img_size)
-    dm = TransferDataModule(cfg.data, data_config, cfg.seed)
+    dm = TransferDataModule(cfg.data, data_config, cfg.seed, str(cfg.trainer.accelerator))
     dm.prepare_splits()
 
     subsets, labels = {}, {}

@@ -34,7 +34,7 @@ class PredictConfig:
     topk: int = 5
     output: str = "predictions.csv"
     batch_size: int = 64
-    num_workers: int = 0  # image decoding workers (0: in the main process)
+    num_workers: str = "auto"  # image decoding workers: auto (tl_cli/speed.py resolve_workers) or N
     device: str = "auto"
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.runs import TrainedModel, device_of, load_model, output_folder, require
+from tl_cli.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ def main(cfg: DictConfig) -> float:
         model.classes = data_classes
     to_model = class_index_map(data_classes, model.classes)
 
+    device = device_of(cfg.device)
+    workers = resolve_workers(data_cfg.get("num_workers", "auto"), device.type)
     start = time.perf_counter()
-    logits, targets = infer(model.net, dataset, cfg.batch_size, data_cfg.num_workers, device_of(cfg.device))
+    logits, targets = infer(model.net, dataset, cfg.batch_size, workers, device)
     seconds = time.perf_counter() - start
     targets = to_model[targets]
     metrics, per_class, matrix = compute_metrics(logits, targets, len(model.classes))

@@ -31,13 +31,15 @@ class TransferModule(L.LightningModule):
         self.optim = dict(optim)
         self.backbone_lr_mult = backbone_lr_mult
         self.inputs_are_features = False  # True when the datamodule serves cached backbone features
-        self._loss_sum: torch.Tensor | None = None  # train loss summed over this epoch's samples
+        # this epoch's train loss sum and correct predictions, kept as tensors (no host sync per step)
+        self._loss_sum: torch.Tensor | None = None
+        self._correct: torch.Tensor | None = None
         self._seen = 0
         self.channels_last = False  # NHWC images: faster bf16 convolutions on CPUs with native bf16 and on GPUs
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
-                for split in ("train", "val", "test")
+                for split in ("val", "test")
             }
         )
 
@@ -61,29 +63,35 @@ class TransferModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits, labels, loss = self._forward_loss(batch, "train")
-        if not torch.isfinite(loss):
-            from tl_cli.errors import TlcliError
-
-            raise TlcliError(
-                f"training loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}; "
-                f"lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true"
-            )
-        # Epoch metrics are accumulated here and logged once per epoch: two self.log calls per step cost
-        # ~0.75 ms, a 15 % tax on small models (benchmarks/bench_throughput.py).
-        self.metrics["train_acc"].update(logits.detach(), labels)
+        # Train metrics are summed here and logged once per epoch: per-step self.log calls (~0.75 ms) and a
+        # torchmetrics update (~0.15 ms) are a measured tax on small models (benchmarks/bench_throughput.py).
         batch_loss = loss.detach() * len(labels)
-        self._loss_sum = batch_loss if self._loss_sum is None else self._loss_sum + batch_loss
+        correct = (logits.detach().argmax(dim=-1) == labels).sum()
+        first = self._loss_sum is None
+        self._loss_sum = batch_loss if first else self._loss_sum + batch_loss
+        self._correct = correct if first else self._correct + correct
         self._seen += len(labels)
         if batch_idx % max(1, self.trainer.log_every_n_steps) == 0:
+            # host syncs (a GPU stall) only every log_every_n_steps: a nan/inf stays in the running sum
+            self._stop_if_not_finite()
             self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False)
         return loss
 
+    def _stop_if_not_finite(self) -> None:
+        if self._loss_sum is not None and not torch.isfinite(self._loss_sum):
+            from tl_cli.errors import TlcliError
+
+            raise TlcliError(
+                f"training loss became {self._loss_sum.item()} by epoch {self.current_epoch}, "
+                f"step {self.global_step}; lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true"
+            )
+
     def on_train_epoch_end(self) -> None:
+        self._stop_if_not_finite()
         if self._seen:
             self.log("train/loss", self._loss_sum / self._seen, sync_dist=True)
-            self.log("train/acc", self.metrics["train_acc"].compute(), prog_bar=True)
-        self.metrics["train_acc"].reset()
-        self._loss_sum, self._seen = None, 0
+            self.log("train/acc", self._correct.float() / self._seen, sync_dist=True, prog_bar=True)
+        self._loss_sum, self._correct, self._seen = None, None, 0
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tl_cli.errors import TlcliError
 from tl_cli.runs import device_of, load_model, require
+from tl_cli.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,17 @@ USAGE = "tlcli predict ckpt=<run dir or .ckpt> inputs=<image file, folder or glo
 def main(cfg: DictConfig) -> int:
     """Write the predictions CSV; returns the number of images predicted."""
     require(cfg, ("ckpt", "inputs"), USAGE)
-    for key, low in (("topk", 1), ("batch_size", 1), ("num_workers", 0)):
+    for key, low in (("topk", 1), ("batch_size", 1)):
         if cfg[key] < low:
             raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
+    device = device_of(cfg.device)
+    workers = resolve_workers(cfg.num_workers, device.type, name="num_workers")
     paths = collect_inputs(cfg.inputs)
     model = load_model(cfg.ckpt)
-    device = device_of(cfg.device)
     net = model.net.to(device)
     k = min(cfg.topk, len(model.classes))
     dataset = ImageFiles(paths, model.eval_transform(), model.image_mode)
-    loader = DataLoader(
-        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=collate, shuffle=False
-    )
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate, shuffle=False)
     output = Path(cfg.output).expanduser().resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")  # never leave a half-written CSV under the real name

@@ -116,7 +116,8 @@ def build(cfg: DictConfig) -> Job:
     backbone, source = create_backbone(cfg.model.backbone, weights, **_backbone_kwargs(cfg))
 
     data_config = resolve_data_config(backbone, cfg.data, cfg.model.in_chans, cfg.model.img_size)
-    datamodule = TransferDataModule(cfg.data, data_config, cfg.seed)
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1  # workers are per process
+    datamodule = TransferDataModule(cfg.data, data_config, cfg.seed, str(cfg.trainer.accelerator), devices)
     datamodule.prepare_splits()
 
     net = TransferNet(backbone, datamodule.num_classes, list(ext.hidden_dims), ext.activation, ext.norm, ext.dropout)

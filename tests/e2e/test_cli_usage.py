@@ -61,6 +61,7 @@ def test_startup_does_not_import_torch() -> None:
         (["trainer.max_epochs=abc"], ["trainer.max_epochs", "abc"]),
         (["data.batch_size=abc"], ["data.batch_size", "abc"]),
         (["data.batch_size=0"], ["data.batch_size=0 must be positive"]),
+        (["data.num_workers=many"], ["data.num_workers=many", "use auto or an integer"]),
         (["optim.lr=-1"], ["optim.lr=-1"]),
         (["data=image_folder", "data.root=/nonexistent/pets"], ["/nonexistent/pets", "does not exist"]),
         (["+trainer.max_epoch=3"], ["unknown trainer key 'max_epoch'", "max_epochs"]),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tl_cli import speed
+from tl_cli.errors import TlcliError
 
 
 def test_explicit_settings_win() -> None:
@@ -17,3 +20,20 @@ def test_auto_follows_the_hardware(monkeypatch) -> None:
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
     precision, channels_last, reason = speed.resolve("auto", "auto", "cpu")
     assert (precision, channels_last) == ("32-true", False) and "without native bf16" in reason
+
+
+def test_workers_auto_is_sized_for_the_device(monkeypatch) -> None:
+    assert speed.resolve_workers("3", "cpu") == 3
+    assert speed.resolve_workers(0, "gpu") == 0
+    assert speed.resolve_workers("auto", "cpu") == 0  # the model's compute already uses every core
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert speed.resolve_workers("auto", "gpu") == 8  # capped
+    assert speed.resolve_workers("auto", "gpu", devices=4) == 3  # 16 cores / 4 GPUs, one left for the main process
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert speed.resolve_workers("auto", "gpu") == 1
+
+
+def test_bad_worker_counts_are_refused() -> None:
+    for bad in ("-1", "many", "1.5"):
+        with pytest.raises(TlcliError, match=f"data.num_workers={bad} is not valid"):
+            speed.resolve_workers(bad)

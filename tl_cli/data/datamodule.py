@@ -100,9 +100,14 @@ def few_shot(indices: np.ndarray, labels: np.ndarray, per_class: int, seed: int)
 class TransferDataModule(L.LightningDataModule):
     """Builds train/val/test from a registered dataset; `prepare_splits()` runs once, before the model."""
 
-    def __init__(self, cfg, data_config: dict[str, Any], seed: int) -> None:
+    def __init__(
+        self, cfg, data_config: dict[str, Any], seed: int, accelerator: str = "auto", devices: int = 1
+    ) -> None:
+        from tl_cli.speed import resolve_workers
+
         super().__init__()
         self.cfg, self.data_config, self.seed = cfg, data_config, seed
+        self.num_workers = resolve_workers(cfg.num_workers, accelerator, devices)
         self.mode = "L" if data_config["input_size"][0] == 1 else "RGB"
         self.train_transform, self.eval_transform = build_transforms(data_config, cfg.augment, cfg.aug)
         self.classes: list[str] = []
@@ -168,14 +173,15 @@ class TransferDataModule(L.LightningDataModule):
         """Serve cached (feature, label) pairs instead of images from now on."""
         self.features = features
 
-    def eval_loader(self, split: str) -> DataLoader:
+    def eval_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """A split's images in order (no shuffling, nothing dropped), e.g. for feature extraction."""
-        return self._loader(split, train=False, images=True)
+        return self._loader(split, train=False, images=True, batch_size=batch_size)
 
-    def _loader(self, split: str, train: bool, images: bool = False) -> DataLoader:
+    def _loader(self, split: str, train: bool, images: bool = False, batch_size: int | None = None) -> DataLoader:
         cached = split in self.features and not images
         dataset = self.features[split] if cached else self.splits[split]
-        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        if batch_size is None:
+            batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
         if cached and not train and not self.cfg.eval_batch_size:
             batch_size = max(batch_size, 1024)  # evaluation on features: batch size does not change metrics
         # few-shot sets: repeat (each pass reshuffled) so an epoch gives a real number of optimizer steps
@@ -186,7 +192,7 @@ class TransferDataModule(L.LightningDataModule):
         sampler = RandomSampler(dataset, num_samples=epoch_size) if train else SequentialSampler(dataset)
         if cached:  # index whole batches of the feature tensors at once (no per-sample collate)
             return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
-        workers = self.cfg.num_workers
+        workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,

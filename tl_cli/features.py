@@ -30,7 +30,7 @@ EXTRACT_MAX_BATCH = 1024
 
 
 def extraction_batch_size(eval_batch_size: int, input_size: tuple[int, int, int]) -> int:
-    """The eval batch size, raised for small images up to EXTRACT_BATCH_BYTES of float32 input."""
+    """The batch size, raised for small images up to EXTRACT_BATCH_BYTES of float32 input."""
     per_image = 4 * input_size[0] * input_size[1] * input_size[2]
     return max(eval_batch_size, min(EXTRACT_MAX_BATCH, EXTRACT_BATCH_BYTES // per_image))
 
@@ -116,8 +116,8 @@ def cached_feature_splits(
     result: dict[str, Dataset] = {}
     was_training = net.backbone.training
     net.backbone.eval()
-    cfg = datamodule.cfg
-    batch_size = extraction_batch_size(cfg.eval_batch_size or cfg.batch_size, datamodule.data_config["input_size"])
+    cfg = datamodule.cfg  # an explicit data.eval_batch_size is kept (e.g. set low to fit GPU memory)
+    batch_size = cfg.eval_batch_size or extraction_batch_size(cfg.batch_size, datamodule.data_config["input_size"])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for split in datamodule.splits:
             loader = datamodule.eval_loader(split, batch_size)

@@ -65,7 +65,7 @@ class TransferModule(L.LightningModule):
         logits, labels, loss = self._forward_loss(batch, "train")
         # Train metrics are summed here and logged once per epoch: per-step self.log calls (~0.75 ms) and a
         # torchmetrics update (~0.15 ms) are a measured tax on small models (benchmarks/bench_throughput.py).
-        batch_loss = loss.detach() * len(labels)
+        batch_loss = loss.detach().float() * len(labels)  # float32: a float16 sum would overflow
         correct = (logits.detach().argmax(dim=-1) == labels).sum()
         first = self._loss_sum is None
         self._loss_sum = batch_loss if first else self._loss_sum + batch_loss
@@ -86,8 +86,11 @@ class TransferModule(L.LightningModule):
                 f"step {self.global_step}; lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true"
             )
 
+    def on_validation_start(self) -> None:
+        self._stop_if_not_finite()  # before validation ends in a checkpoint of the (nan) weights
+
     def on_train_epoch_end(self) -> None:
-        self._stop_if_not_finite()
+        self._stop_if_not_finite()  # runs before ModelCheckpoint's epoch-end save
         if self._seen:
             self.log("train/loss", self._loss_sum / self._seen, sync_dist=True)
             self.log("train/acc", self._correct.float() / self._seen, sync_dist=True, prog_bar=True)

@@ -44,6 +44,7 @@ def check_config(cfg: DictConfig) -> None:
             raise TlcliError(f"{key}={value} must be positive")
     if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
         raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
+    speed.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
     if (cfg.data.min_samples_per_epoch or 0) < 0:
         raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
     hints = typing.get_type_hints(L.Trainer.__init__)
@@ -116,8 +117,9 @@ def build(cfg: DictConfig) -> Job:
     backbone, source = create_backbone(cfg.model.backbone, weights, **_backbone_kwargs(cfg))
 
     data_config = resolve_data_config(backbone, cfg.data, cfg.model.in_chans, cfg.model.img_size)
-    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) else 1  # workers are per process
-    datamodule = TransferDataModule(cfg.data, data_config, cfg.seed, str(cfg.trainer.accelerator), devices)
+    datamodule = TransferDataModule(
+        cfg.data, data_config, cfg.seed, str(cfg.trainer.accelerator), _processes_sharing_cores(cfg.trainer.devices)
+    )
     datamodule.prepare_splits()
 
     net = TransferNet(backbone, datamodule.num_classes, list(ext.hidden_dims), ext.activation, ext.norm, ext.dropout)
@@ -301,6 +303,21 @@ def _backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
         kwargs["img_size"] = cfg.model.img_size
     return kwargs
+
+
+def _processes_sharing_cores(devices: Any) -> int:
+    """Training processes on this machine that split its cores for DataLoader workers."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        return 1  # one task per GPU: each task's CPU affinity already holds only its own cores
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        return max(1, len(devices))
+    return max(1, torch.cuda.device_count())  # -1 or "auto": every visible GPU
 
 
 def _cluster_starts_processes() -> bool:

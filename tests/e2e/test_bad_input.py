@@ -99,9 +99,15 @@ def test_unwritable_output_folder(tlcli, tmp_path: Path) -> None:
     assert blocker.read_text() == "a file where a folder should be"
 
 
-def test_nan_loss_stops_with_epoch_and_step(tlcli) -> None:
-    result = tlcli("train", *SMOKE, "strategy=scratch", "optim.lr=1e30", "optim.name=sgd", "trainer.precision=32-true")
+def test_nan_loss_stops_with_epoch_and_step(tlcli, tmp_path: Path) -> None:
+    # checked in-epoch only at batch 0 here, and checkpoints saved when validation ends: the check before
+    # validation must catch it
+    overrides = ["optim.lr=1e30", "optim.name=sgd", "trainer.precision=32-true", "trainer.log_every_n_steps=1000"]
+    overrides.append("+callbacks.model_checkpoint.save_on_train_epoch_end=false")
+    result = tlcli("train", *SMOKE, "strategy=scratch", *overrides)
     assert_one_line_error(result, "training loss became", "epoch 0, step", "lower optim.lr")
+    # stopped before validation could checkpoint the nan weights
+    assert not list((tmp_path / "outputs").rglob("*.ckpt"))
 
 
 def test_a_failed_run_leaves_earlier_runs_untouched(tlcli, tmp_path: Path) -> None:

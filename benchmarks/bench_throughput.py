@@ -122,7 +122,7 @@ def lockstep(backbone, img, batch, steps, warmup, precision, channels_last) -> t
     net = make_net(backbone, img, channels_last)
     module = TransferModule(net, 10, OPTIM, backbone_lr_mult=1.0, backbone=backbone)
     module.channels_last = channels_last
-    timer = Lockstep(raw_stepper(backbone, img, batch, steps + 1, precision, channels_last))
+    timer = Lockstep(raw_stepper(backbone, img, batch, steps, precision, channels_last))
     with tempfile.TemporaryDirectory() as tmp:
         callbacks, loggers = tlcli_callbacks_and_loggers(tmp)
         trainer = L.Trainer(

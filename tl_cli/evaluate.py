@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> float:
     to_model = class_index_map(data_classes, model.classes)
 
     device = device_of(cfg.device)
-    workers = resolve_workers(data_cfg.get("num_workers", "auto"), device.type)
+    workers = resolve_workers(data_cfg.num_workers, device.type)
     start = time.perf_counter()
     logits, targets = infer(model.net, dataset, cfg.batch_size, workers, device)
     seconds = time.perf_counter() - start

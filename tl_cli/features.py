@@ -23,16 +23,6 @@ from tl_cli.errors import TlcliError
 log = logging.getLogger(__name__)
 
 CACHE_MODES = ("auto", "true", "false")
-# extraction batches hold up to this many input bytes: small images get big batches (fewer per-batch
-# overheads; 32 px Fashion-MNIST extracts ~1.2x faster at 1024 than at 128), large images keep the eval batch
-EXTRACT_BATCH_BYTES = 64 * 2**20
-EXTRACT_MAX_BATCH = 1024
-
-
-def extraction_batch_size(eval_batch_size: int, input_size: tuple[int, int, int]) -> int:
-    """The batch size, raised for small images up to EXTRACT_BATCH_BYTES of float32 input."""
-    per_image = 4 * input_size[0] * input_size[1] * input_size[2]
-    return max(eval_batch_size, min(EXTRACT_MAX_BATCH, EXTRACT_BATCH_BYTES // per_image))
 
 
 def cache_decision(mode: object, train_backbone: bool, augment: bool) -> tuple[bool, str]:
@@ -116,12 +106,9 @@ def cached_feature_splits(
     result: dict[str, Dataset] = {}
     was_training = net.backbone.training
     net.backbone.eval()
-    cfg = datamodule.cfg  # an explicit data.eval_batch_size is kept (e.g. set low to fit GPU memory)
-    batch_size = cfg.eval_batch_size or extraction_batch_size(cfg.batch_size, datamodule.data_config["input_size"])
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for split in datamodule.splits:
-            loader = datamodule.eval_loader(split, batch_size)
-            x, y = extract(net, loader, device, forward_context, channels_last)
+            x, y = extract(net, datamodule.eval_loader(split), device, forward_context, channels_last)
             result[split] = TensorDataset(x, y)
     net.backbone.train(was_training)
     if folder is not None:

@@ -16,6 +16,11 @@ from tl_cli.errors import TlcliError
 
 log = logging.getLogger(__name__)
 
+# in-order image passes (feature extraction) hold up to this many input bytes per batch: small images get big
+# batches (fewer per-batch overheads; 32 px Fashion-MNIST extracts ~1.2x faster at 1024 than at 128)
+EXTRACT_BATCH_BYTES = 64 * 2**20
+EXTRACT_MAX_BATCH = 1024
+
 
 def resolve_data_config(backbone: torch.nn.Module, cfg, in_chans: int, img_size: int | None) -> dict[str, Any]:
     """timm's preprocessing for this backbone, with tlcli's overrides (size, crop, mean/std, channels)."""
@@ -32,6 +37,12 @@ def resolve_data_config(backbone: torch.nn.Module, cfg, in_chans: int, img_size:
             values = (float(np.mean(values)),) * in_chans if in_chans == 1 or len(values) == 1 else values
         data_config[key] = values
     return data_config
+
+
+def extraction_batch_size(batch_size: int, input_size: tuple[int, int, int]) -> int:
+    """`batch_size`, raised for small images up to EXTRACT_BATCH_BYTES of float32 input."""
+    per_image = 4 * input_size[0] * input_size[1] * input_size[2]
+    return max(batch_size, min(EXTRACT_MAX_BATCH, EXTRACT_BATCH_BYTES // per_image))
 
 
 def build_transforms(data_config: dict[str, Any], augment: bool, aug: dict[str, Any]):
@@ -173,17 +184,19 @@ class TransferDataModule(L.LightningDataModule):
         """Serve cached (feature, label) pairs instead of images from now on."""
         self.features = features
 
-    def eval_loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+    def eval_loader(self, split: str) -> DataLoader:
         """A split's images in order (no shuffling, nothing dropped), e.g. for feature extraction."""
-        return self._loader(split, train=False, images=True, batch_size=batch_size)
+        return self._loader(split, train=False, images=True)
 
-    def _loader(self, split: str, train: bool, images: bool = False, batch_size: int | None = None) -> DataLoader:
+    def _loader(self, split: str, train: bool, images: bool = False) -> DataLoader:
         cached = split in self.features and not images
         dataset = self.features[split] if cached else self.splits[split]
-        if batch_size is None:
-            batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        # batch size does not change these passes' results, so they take bigger batches unless one is set
         if cached and not train and not self.cfg.eval_batch_size:
-            batch_size = max(batch_size, 1024)  # evaluation on features: batch size does not change metrics
+            batch_size = max(batch_size, 1024)  # evaluation on features
+        if images and not self.cfg.eval_batch_size:
+            batch_size = extraction_batch_size(batch_size, self.data_config["input_size"])
         # few-shot sets: repeat (each pass reshuffled) so an epoch gives a real number of optimizer steps
         epoch_size = max(len(dataset), self.cfg.min_samples_per_epoch or 0) if train else len(dataset)
         # a last batch of one sample breaks BatchNorm in training; drop only that case

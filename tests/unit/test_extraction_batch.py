@@ -1,8 +1,8 @@
-"""Feature-cache helpers that need no model: the extraction batch size rule."""
+"""The feature extraction batch size rule (needs no model)."""
 
 from __future__ import annotations
 
-from tl_cli.features import EXTRACT_MAX_BATCH, extraction_batch_size
+from tl_cli.data.datamodule import EXTRACT_MAX_BATCH, extraction_batch_size
 
 
 def test_small_images_get_big_extraction_batches() -> None:
@@ -10,7 +10,7 @@ def test_small_images_get_big_extraction_batches() -> None:
     assert extraction_batch_size(128, (3, 64, 64)) == 1024  # 48 KiB: 1365 fit, capped
 
 
-def test_large_images_keep_the_eval_batch() -> None:
+def test_large_images_keep_the_configured_batch() -> None:
     assert extraction_batch_size(128, (3, 224, 224)) == 128  # 588 KiB per image: only 111 fit in 64 MiB
     assert extraction_batch_size(16, (3, 224, 224)) == 111
     assert extraction_batch_size(2048, (1, 32, 32)) == 2048  # a larger configured batch is kept

@@ -20,6 +20,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import lightning as L
 import timm
@@ -31,6 +32,7 @@ from benchmarks.common import machine, median, table
 from tl_cli.module import TransferModule
 from tl_cli.network import TransferNet
 from tl_cli.strategies import param_groups
+from tl_cli.training import make_trainer
 
 OPTIM = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "scheduler": "constant"}
 
@@ -104,16 +106,16 @@ def tlcli_callbacks_and_loggers(tmp: str) -> tuple[list, list]:
     """The callbacks and loggers `tlcli train` configures by default (checkpointing aside: no val here)."""
     from hydra import compose, initialize_config_dir
 
-    from tl_cli.callbacks import GracefulInterrupt, RngState, Throughput
     from tl_cli.config import register_schemas
+    from tl_cli.config_checks import instantiate_group
     from tl_cli.paths import config_dir, register_resolvers
-    from tl_cli.train import instantiate_group
+    from tl_cli.training import run_callbacks
 
     register_schemas()
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.output_dir={tmp}", "~callbacks.model_checkpoint"])
-    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), Throughput(), RngState(), GracefulInterrupt(tmp)]
+    callbacks, _ = run_callbacks(cfg, Path(tmp))
     return callbacks, instantiate_group(cfg.logger, "logger")
 
 
@@ -125,18 +127,21 @@ def lockstep(backbone, img, batch, steps, warmup, precision, channels_last) -> t
     timer = Lockstep(raw_stepper(backbone, img, batch, steps, precision, channels_last))
     with tempfile.TemporaryDirectory() as tmp:
         callbacks, loggers = tlcli_callbacks_and_loggers(tmp)
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_steps=steps,
-            precision=precision,
-            logger=loggers,
-            callbacks=[timer, *callbacks],  # first: the other hooks count as tlcli's time
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            log_every_n_steps=10,
+        trainer, _ = make_trainer(
+            dict(
+                accelerator="cpu",
+                devices=1,
+                max_steps=steps,
+                precision=precision,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                log_every_n_steps=10,
+            ),
+            channels_last,
+            [timer, *callbacks],  # first: the other hooks count as tlcli's time
+            loggers,
         )
         trainer.fit(module, train_dataloaders=loader(img, batch, steps))
     return batch / median(timer.raw[warmup:]), batch / median(timer.tlcli[warmup:])

@@ -178,7 +178,7 @@ def _warn_ignored_overrides(cfg: DictConfig) -> None:
 
 def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, max_val: int) -> Figures:
     """Probe accuracy of source and random-init features (train -> val), and the smallest train class."""
-    from tl_cli.data.datamodule import TransferDataModule, TransformedSubset, resolve_data_config
+    from tl_cli.data.datamodule import TransformedSubset, make_datamodule, resolve_data_config
     from tl_cli.features import extract
     from tl_cli.network import TransferNet
     from tl_cli.weights import create_backbone
@@ -188,8 +188,7 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
     torch.manual_seed(cfg.seed)  # the network strategy=scratch starts from
     random_init, _ = create_backbone(cfg.model.backbone, None, **backbone_kwargs)
     data_config = resolve_data_config(source, cfg.data, cfg.model.in_chans, cfg.model.img_size)
-    dm = TransferDataModule(cfg.data, data_config, cfg.seed, str(cfg.trainer.accelerator))
-    dm.prepare_splits()
+    dm = make_datamodule(cfg.data, data_config, cfg.seed, cfg.trainer)
 
     subsets, labels = {}, {}
     smallest_class = int(np.bincount(split_labels(dm.splits["train"]), minlength=dm.num_classes).min())

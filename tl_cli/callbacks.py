@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from tl_cli import STARTED_AT
-from tl_cli.resume import LAST, Interrupted
+from tl_cli.resume import Interrupted
+from tl_cli.rundir import LAST
 
 
 class Throughput(L.Callback):

@@ -113,10 +113,9 @@ def run_seed(model: TrainedModel) -> int:
 
 def build_split(data_cfg: DictConfig, model: TrainedModel, seed: int, split: str) -> tuple[Dataset, list[str]]:
     """The split's images through the model's own eval transform, and the dataset's class names."""
-    from tl_cli.data.datamodule import TransferDataModule
+    from tl_cli.data.datamodule import make_datamodule
 
-    datamodule = TransferDataModule(data_cfg, dict(model.data_config), seed)
-    datamodule.prepare_splits()
+    datamodule = make_datamodule(data_cfg, dict(model.data_config), seed)
     splits = datamodule.splits
     dataset = ConcatDataset(list(splits.values())) if split == "all" else splits[split]
     if len(dataset) == 0:

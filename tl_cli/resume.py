@@ -7,11 +7,15 @@ so a `kill -9` never leaves a half-written .ckpt; it loses at most the work sinc
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tl_cli.errors import TlcliError
+from tl_cli.rundir import CONFIG, CONFIG_SHA, LAST, RunDir
 
-LAST = Path("checkpoints") / "last.ckpt"
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
 
 
@@ -20,8 +24,8 @@ def resume_args(args: list[str]) -> list[str]:
     write into the same run directory (without rewriting its .hydra/ record)."""
     value = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
     run = Path(value).expanduser().resolve()
-    if not (run / ".hydra" / "config.yaml").is_file():
-        raise TlcliError(f"resume={value} is not a tlcli run directory (no .hydra/config.yaml)")
+    if not (run / CONFIG).is_file():
+        raise TlcliError(f"resume={value} is not a tlcli run directory (no {CONFIG})")
     if not (run / LAST).is_file():
         raise TlcliError(f"resume={value} has no {LAST} to resume from; start a new run instead")
     rest = [a for a in args if not a.startswith("resume=")]
@@ -29,6 +33,48 @@ def resume_args(args: list[str]) -> list[str]:
         "--config-path", str(run / ".hydra"), "--config-name", "config",
         f"hydra.run.dir={run}", "hydra.output_subdir=null", "hydra.job.name=train", f"++resume={run}", *rest,
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What a run dir already holds for this exact config: a finished run (skip it), or an unfinished
+    one to resume (explicit `resume=<run dir>`, or the interrupted job of a rerun sweep)."""
+
+    config_sha: str
+    finished: dict[str, Any] | None
+    resume_dir: str | None
+
+    @property
+    def checkpoint(self) -> str | None:
+        return str(Path(self.resume_dir) / LAST) if self.resume_dir else None
+
+
+def config_sha(cfg: Any) -> str:
+    """Identity of a job's config (unresolved, so the same command gives the same hash)."""
+    from omegaconf import OmegaConf
+
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("resume", None)
+    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def resume_state(cfg: Any, run: RunDir) -> ResumeState:
+    sha = config_sha(cfg)
+    if cfg.get("resume"):  # `tlcli train resume=<run dir>`: continue it, whatever it holds
+        return ResumeState(sha, None, str(cfg.resume))
+    summary = run.read_summary()
+    if summary is not None and summary.get("config_sha") == sha:
+        return ResumeState(sha, summary, None)
+    marker = run / CONFIG_SHA
+    started_here = marker.is_file() and marker.read_text() == sha
+    return ResumeState(sha, None, str(run.path) if started_here and (run / LAST).is_file() else None)
+
+
+def mark_started(run: RunDir, sha: str) -> None:
+    """Record the config a run started with, so a rerun of the same sweep can resume it."""
+    marker = run / CONFIG_SHA
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(sha)
 
 
 class Interrupted(TlcliError):

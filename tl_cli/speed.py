@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import torch
 
@@ -77,3 +78,26 @@ def resolve(precision: object, channels_last: object, accelerator: str) -> tuple
     else:
         channels_last = str(channels_last).lower() in ("true", "1", "yes")
     return str(precision), bool(channels_last), reason
+
+
+def processes_sharing_cores(devices: Any) -> int:
+    """Training processes on this machine that split its cores for DataLoader workers."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        return 1  # one task per GPU: each task's CPU affinity already holds only its own cores
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if isinstance(devices, list | tuple) or type(devices).__name__ == "ListConfig":
+        return max(1, len(devices))
+    return max(1, torch.cuda.device_count())  # -1 or "auto": every visible GPU
+
+
+def cluster_starts_processes() -> bool:
+    """SLURM (e.g. hydra/launcher=submitit_slurm with one task per GPU) or torchrun start every rank
+    themselves; there Lightning's ddp joins them and nothing re-launches the sweep."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()

@@ -114,7 +114,7 @@ def test_an_auto_run_dir_is_rebuilt_with_the_strategy_it_chose(tmp_path: Path) -
 
 def test_auto_builds_exactly_the_chosen_strategys_network() -> None:
     """Same seed: the auto job's network, trainable set and optimizer settings equal strategy=<chosen>'s."""
-    from tl_cli.train import build
+    from tl_cli.training import build_job as build
 
     overrides = ["data.samples_per_class=5", "data.augment=false"]
     auto_job = build(compose(["strategy=auto", *overrides]))

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import compose
 from tl_cli.errors import TlcliError
 from tl_cli.strategies import STRATEGIES, check_extension, get_strategy
-from tl_cli.train import build
+from tl_cli.training import build_job as build
 
 
 def fit_steps(overrides: list[str], steps: int = 4):

@@ -61,6 +61,18 @@ def build_transforms(data_config: dict[str, Any], augment: bool, aug: dict[str, 
     return train_tf, eval_tf
 
 
+def make_datamodule(cfg, data_config: dict[str, Any], seed: int, trainer_cfg=None) -> TransferDataModule:
+    """The one way tlcli builds its data: splits prepared, workers sized for the trainer's devices
+    (train, strategy=auto's probe, eval, predict and export all come here)."""
+    from tl_cli.speed import processes_sharing_cores
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto")) if trainer_cfg is not None else "auto"
+    devices = processes_sharing_cores(trainer_cfg.get("devices", 1)) if trainer_cfg is not None else 1
+    datamodule = TransferDataModule(cfg, data_config, seed, accelerator, devices)
+    datamodule.prepare_splits()
+    return datamodule
+
+
 class TransformedSubset(Dataset):
     """Selected samples of a raw dataset, relabelled, converted to the model's image mode, transformed."""
 

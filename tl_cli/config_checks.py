@@ -1,0 +1,69 @@
+"""Checks of a composed train config that its schema's types cannot express, and the restricted
+instantiation of the logger/callbacks groups."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tl_cli import speed
+from tl_cli.errors import TlcliError, choose_from
+
+# `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
+ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Range checks the schema's types cannot express; trainer keys against lightning.Trainer itself."""
+    for key in ("data.batch_size", "optim.lr"):
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise TlcliError(f"{key}={value} must be positive")
+    if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
+        raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
+    speed.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
+    if (cfg.data.min_samples_per_epoch or 0) < 0:
+        raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
+    check_trainer_keys(cfg.trainer)
+
+
+def check_trainer_keys(trainer: DictConfig) -> None:
+    """Every trainer.* key is a lightning.Trainer argument, and string values fit its annotation."""
+    import lightning as L
+
+    hints = typing.get_type_hints(L.Trainer.__init__)
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    for key, value in OmegaConf.to_container(trainer, resolve=False).items():
+        if key not in valid:
+            raise choose_from("trainer key", key, valid)
+        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/speed.py)
+        unchecked = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
+        if isinstance(value, str) and not unchecked and not _accepts_string(hints.get(key, str), value):
+            raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
+
+
+def _accepts_string(hint: Any, value: str) -> bool:
+    """Whether a Trainer argument annotated `hint` takes the string `value` (str, or one of its Literals)."""
+    if hint is str or hint is Any:
+        return True
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    return any(_accepts_string(arg, value) for arg in typing.get_args(hint))
+
+
+def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate each `_target_` entry of the logger/callbacks group (restricted packages)."""
+    from hydra.utils import instantiate
+
+    objects = []
+    for name, node in (group or {}).items():
+        if node is None:
+            continue
+        target = node.get("_target_", "") if isinstance(node, DictConfig) else ""
+        if not str(target).startswith(ALLOWED_TARGETS):
+            raise TlcliError(f"{what}.{name}._target_='{target}' is not allowed; use a lightning.* class")
+        objects.append(instantiate(node))
+    return objects

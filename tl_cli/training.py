@@ -1,0 +1,227 @@
+"""The named steps of one training run: build the job, make the Trainer, cache features, fit and test, write
+the run directory. `tlcli train` chains them; strategy=auto and the benchmarks reuse them instead of copying."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from tl_cli import speed
+from tl_cli.callbacks import GracefulInterrupt, RngState, Throughput
+from tl_cli.config_checks import check_config, instantiate_group
+from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
+from tl_cli.features import cache_decision, cached_feature_splits
+from tl_cli.network import TransferNet
+from tl_cli.rundir import MODEL, RunDir, Summary
+from tl_cli.strategies import Strategy, apply_strategy, check_extension, get_strategy
+from tl_cli.weights import create_backbone, save_network
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TransferJob:
+    """Everything one training run needs, built from the config (no Trainer, no run dir)."""
+
+    strategy: Strategy
+    source: str
+    net: TransferNet
+    module: Any  # TransferModule
+    datamodule: TransferDataModule
+    auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen (tl_cli/auto.py)
+
+
+@dataclass
+class FitResult:
+    metrics: dict[str, float]  # val/* of the selected (best-val) epoch and test/*
+    best_checkpoint: str  # "" without validation
+    train_seconds: float
+
+
+def backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """timm.create_model arguments of the backbone, besides its name and weights."""
+    kwargs = dict(in_chans=cfg.model.in_chans, drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
+    if cfg.model.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = cfg.model.drop_path_rate
+    if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
+        kwargs["img_size"] = cfg.model.img_size
+    return kwargs
+
+
+def _fixed_input_size(name: str) -> bool:
+    """ViT-style models bake the input size into their position embeddings: pass img_size to timm."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    return bool(cfg and getattr(cfg, "fixed_input_size", False))
+
+
+def build_job(cfg: DictConfig) -> TransferJob:
+    """Strategy, backbone with source weights, data, network and LightningModule, from one config."""
+    check_config(cfg)
+    auto = None
+    if cfg.strategy.name == "auto":  # measure and choose; then build exactly what strategy=<chosen> builds
+        from tl_cli.auto import choose
+
+        cfg, auto = choose(cfg, backbone_kwargs(cfg))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    strategy = get_strategy(cfg.strategy.name)
+    ext = cfg.strategy.extension
+    check_extension(strategy, list(ext.hidden_dims))
+    backbone, source = create_backbone(cfg.model.backbone, _source_weights(cfg, strategy), **backbone_kwargs(cfg))
+    data_config = resolve_data_config(backbone, cfg.data, cfg.model.in_chans, cfg.model.img_size)
+    datamodule = make_datamodule(cfg.data, data_config, cfg.seed, cfg.trainer)
+    net = TransferNet(backbone, datamodule.num_classes, list(ext.hidden_dims), ext.activation, ext.norm, ext.dropout)
+    apply_strategy(strategy, net)
+    params = net.param_counts()
+    log.info("strategy=%s backbone=%s weights=%s params=%s", strategy.name, cfg.model.backbone, source, params)
+    from tl_cli.module import TransferModule
+
+    module = TransferModule(
+        net,
+        datamodule.num_classes,
+        dict(cfg.optim),
+        cfg.strategy.backbone_lr_mult,
+        backbone=cfg.model.backbone,
+        config=OmegaConf.to_container(cfg, resolve=False),
+    )
+    return TransferJob(strategy, source, net, module, datamodule, auto)
+
+
+def _source_weights(cfg: DictConfig, strategy: Strategy) -> str | None:
+    """model.weights for the transfer strategies; None (random init) for scratch."""
+    if not strategy.use_source_weights:
+        if cfg.model.weights:
+            log.info("strategy=scratch: ignoring model.weights=%s (random init)", cfg.model.weights)
+        return None
+    if cfg.model.weights is None:
+        log.warning("strategy=%s with model.weights=null: the source network is randomly initialised", strategy.name)
+    return cfg.model.weights
+
+
+def run_callbacks(cfg: DictConfig, out: Path) -> tuple[list[L.Callback], Throughput]:
+    """The configured callbacks plus tlcli's own (throughput, RNG state, graceful Ctrl-C)."""
+    throughput = Throughput()
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, RngState(), GracefulInterrupt(out)]
+    return callbacks, throughput
+
+
+def make_trainer(
+    trainer_cfg: DictConfig | dict[str, Any],
+    channels_last: str | bool,
+    callbacks: list[L.Callback],
+    loggers: list[Any],
+    resuming: bool = False,
+) -> tuple[L.Trainer, bool]:
+    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/speed.py) and the ddp
+    launch rule applied; returns it and whether inputs go channels_last."""
+    args = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg)
+    precision, use_channels_last, why = speed.resolve(
+        args.get("precision", "auto"), channels_last, str(args.get("accelerator", "auto"))
+    )
+    args["precision"] = precision
+    if "strategy" in args:
+        args["strategy"] = _launch_strategy(str(args["strategy"]))
+    if resuming:
+        args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
+    log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)
+    return L.Trainer(**args, callbacks=callbacks, logger=loggers or False), use_channels_last
+
+
+def _launch_strategy(strategy: str) -> str:
+    """ddp under a local multirun becomes ddp_spawn: Lightning's ddp launcher re-runs the whole command on
+    every extra rank, under -m the whole sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and multirun:
+        if not speed.cluster_starts_processes():
+            log.warning("trainer.strategy=%s under multirun: using ddp_spawn instead", strategy)
+            return "ddp_spawn"
+    return strategy
+
+
+def to_channels_last(job: TransferJob) -> None:
+    job.net.to(memory_format=torch.channels_last)
+    job.module.channels_last = True
+
+
+def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, channels_last: bool) -> bool:
+    """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/features.py)."""
+    use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment)
+    log.info("feature cache %s: %s", "on" if use_cache else "off", why)
+    if not use_cache:
+        return False
+    device = trainer.strategy.root_device
+    features = cached_feature_splits(
+        job.net.to(device),
+        job.datamodule,
+        device,
+        trainer.precision_plugin.forward_context,
+        cfg.data.feature_cache_dir,
+        extra={"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root},
+        channels_last=channels_last,
+    )
+    job.datamodule.use_features(features)
+    job.module.inputs_are_features = True
+    return True
+
+
+def fit_and_test(trainer: L.Trainer, job: TransferJob, resume_from: str | None = None) -> FitResult:
+    """Fit, reload the best-val weights, test them; val metrics are those of the selected epoch."""
+    start = time.perf_counter()
+    trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=resume_from)
+    train_seconds = time.perf_counter() - start
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best_score = trainer.checkpoint_callback.best_model_score if best else None
+    if best_score is not None:
+        val_metrics["val/acc"] = float(best_score)
+    if best:  # loaded here (not via ckpt_path) so ddp_spawn's child processes test these weights too
+        job.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    test_results = trainer.test(job.module, datamodule=job.datamodule, verbose=True)
+    return FitResult({**val_metrics, **{k: float(v) for k, v in test_results[0].items()}}, best, train_seconds)
+
+
+def write_run(
+    run: RunDir, cfg: DictConfig, job: TransferJob, trainer: L.Trainer, result: FitResult, extra: dict[str, Any]
+) -> Summary:
+    """labels.json, model.safetensors (the tested weights) and summary.json; `extra` adds run facts
+    (throughput, precision, cache, config_sha)."""
+    dm = job.datamodule
+    run.write_labels(dm.classes)
+    meta = {"format": "tlcli", "backbone": cfg.model.backbone, "in_chans": cfg.model.in_chans}
+    save_network(job.net, run / MODEL, {**meta, "num_classes": dm.num_classes, "strategy": job.strategy.name})
+    best = result.best_checkpoint
+    summary = Summary(
+        strategy=cfg.strategy.name,
+        backbone=cfg.model.backbone,
+        weights=job.source,
+        dataset=cfg.data.name,
+        samples_per_class=cfg.data.samples_per_class,
+        lr=cfg.optim.lr,
+        num_classes=dm.num_classes,
+        split_sizes={s: len(d) for s, d in dm.splits.items()},
+        split_notes=dm.notes,
+        params=job.net.param_counts(),
+        metrics=result.metrics,
+        epochs=trainer.current_epoch,
+        train_seconds=round(result.train_seconds, 3),
+        seed=cfg.seed,
+        data_config={k: list(v) if isinstance(v, tuple) else v for k, v in dm.data_config.items()},
+        best_checkpoint=str(Path(best).relative_to(run.path)) if best else None,
+        device=str(trainer.strategy.root_device),
+        precision=str(trainer.precision),
+        strategy_auto=job.auto,
+        **extra,
+    )
+    run.write_summary(summary)
+    return summary

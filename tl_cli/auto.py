@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import json
 import logging
 import time
 import warnings
@@ -282,11 +281,13 @@ def subsample(labels: np.ndarray, cap: int, num_classes: int, seed: int, split: 
 
 def trained_config(config: DictConfig, run_dir: Path | None) -> DictConfig:
     """A run's saved config with the strategy that actually trained: for strategy=auto, its summary.json's."""
+    from tl_cli.rundir import RunDir
+
     if run_dir is None or OmegaConf.select(config, "strategy.name") != "auto":
         return config
     try:
-        chosen = json.loads((run_dir / "summary.json").read_text())["strategy_auto"]["preset"]
-    except (OSError, ValueError, KeyError, TypeError):
+        chosen = RunDir(run_dir).read_summary()["strategy_auto"]["preset"]
+    except (KeyError, TypeError):  # no summary (None), or one without strategy_auto
         raise TlcliError(
             f"{run_dir} is a strategy=auto run without a finished summary.json naming the strategy it chose; "
             f"pass one of its checkpoints/*.ckpt instead"

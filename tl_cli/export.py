@@ -16,11 +16,12 @@ import torch
 from omegaconf import DictConfig
 
 from tl_cli.errors import TlcliError, choose_from
-from tl_cli.runs import ARCH_KEY, PREPROCESS_FILE, TrainedModel, load_model, output_folder, require
+from tl_cli.rundir import LABELS, MODEL, PREPROCESS
+from tl_cli.runs import ARCH_KEY, TrainedModel, load_model, output_folder, require
 
 log = logging.getLogger(__name__)
 
-FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": MODEL}
 TOLERANCE = 1e-4  # max abs logit difference an export may show against PyTorch
 USAGE = "tlcli export ckpt=<run dir or .ckpt> format=onnx|torchscript|safetensors [output_dir=...]"
 
@@ -39,8 +40,8 @@ def main(cfg: DictConfig) -> str:
         raise TlcliError(f"output_dir={out} would overwrite the model being exported; pick another output_dir")
     images, what = check_inputs(model, cfg.check_images)
 
-    (out / "labels.json").write_text(json.dumps(model.classes, indent=1))
-    (out / PREPROCESS_FILE).write_text(json.dumps(preprocess(model), indent=2))
+    (out / LABELS).write_text(json.dumps(model.classes, indent=1))
+    (out / PREPROCESS).write_text(json.dumps(preprocess(model), indent=2))
     {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_safetensors}[cfg.format](
         model, images, path, cfg
     )

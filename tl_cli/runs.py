@@ -18,12 +18,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tl_cli.errors import TlcliError
 from tl_cli.network import TransferNet
+from tl_cli.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 ARCH_KEY = "tlcli_arch"  # safetensors metadata key of an exported model: the architecture as JSON
-PREPROCESS_FILE = "preprocess.json"
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
@@ -67,7 +67,7 @@ def load_model(ckpt: str) -> TrainedModel:
         arch = architecture(config, num_classes=_num_classes(state, weights))
     else:
         raise TlcliError(
-            f"ckpt={ckpt}: no training config found for {weights.name} (expected {weights.parent}/.hydra/config.yaml "
+            f"ckpt={ckpt}: no training config found for {weights.name} (expected {weights.parent / CONFIG} "
             f"or a Lightning .ckpt); pass the tlcli run directory"
         )
     net = build_net(arch)
@@ -112,22 +112,18 @@ def resolve(ckpt: str) -> tuple[Path | None, Path]:
     """(run directory or None, weights file) for a run dir, a .ckpt or a .safetensors path."""
     path = Path(str(ckpt)).expanduser()
     if path.is_dir():
-        for candidate in (path / MODEL_FILE, path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
-            if candidate.is_file():
-                return path.resolve(), candidate.resolve()
-        raise TlcliError(
-            f"ckpt={ckpt} is a folder without {MODEL_FILE} or checkpoints/*.ckpt; pass a tlcli run directory"
-        )
+        weights = RunDir(path).weights_file()
+        if weights is None:
+            raise TlcliError(
+                f"ckpt={ckpt} is a folder without {MODEL} or {CHECKPOINTS}/*.ckpt; pass a tlcli run directory"
+            )
+        return path.resolve(), weights.resolve()
     if not path.is_file():
-        raise TlcliError(f"ckpt={ckpt} does not exist; pass a tlcli run directory or its checkpoints/<name>.ckpt")
+        raise TlcliError(f"ckpt={ckpt} does not exist; pass a tlcli run directory or its {CHECKPOINTS}/<name>.ckpt")
     if path.suffix not in (".ckpt", ".safetensors"):
         raise TlcliError(f"ckpt={ckpt} is not a .ckpt or .safetensors file; pass a tlcli run directory")
-    path = path.resolve()
-    # a run's model.safetensors sits directly in its run dir, its checkpoints one level further down
-    parent = path.parent if path.suffix == ".safetensors" else path.parent.parent
-    if (parent / ".hydra" / "config.yaml").is_file() or (parent / "summary.json").is_file():
-        return parent, path
-    return None, path
+    run = RunDir.holding(path.resolve())
+    return (run.path if run else None), path.resolve()
 
 
 def architecture(config: DictConfig, num_classes: int) -> dict[str, Any]:
@@ -227,7 +223,7 @@ def _as_config(value: Any) -> DictConfig | None:
 def _run_config(run_dir: Path | None) -> DictConfig | None:
     from tl_cli.auto import trained_config
 
-    path = run_dir / ".hydra" / "config.yaml" if run_dir else None
+    path = run_dir / CONFIG if run_dir else None
     return trained_config(OmegaConf.load(path), run_dir) if path and path.is_file() else None  # type: ignore
 
 
@@ -239,7 +235,7 @@ def _num_classes(state: dict[str, torch.Tensor], source: Path) -> int:
 
 def _classes(folder: Path, num_classes: int, source: Path) -> list[str] | None:
     """labels.json beside the model, checked against the head width; None when there is none."""
-    path = folder / "labels.json"
+    path = folder / LABELS
     if not path.is_file():
         log.warning("no labels.json next to %s: classes are named class_0..class_%d", source, num_classes - 1)
         return None
@@ -251,7 +247,7 @@ def _classes(folder: Path, num_classes: int, source: Path) -> list[str] | None:
 
 def _data_config(folder: Path, net: TransferNet, config: DictConfig | None, arch: dict[str, Any]) -> dict[str, Any]:
     """The preprocessing the model was trained with: summary.json or preprocess.json, else re-resolved."""
-    for name, key in (("summary.json", "data_config"), (PREPROCESS_FILE, None)):
+    for name, key in ((SUMMARY, "data_config"), (PREPROCESS, None)):
         path = folder / name
         if path.is_file():
             found = json.loads(path.read_text())
@@ -259,7 +255,7 @@ def _data_config(folder: Path, net: TransferNet, config: DictConfig | None, arch
             if isinstance(found, dict) and "input_size" in found:
                 return _clean(found)
     if config is None or OmegaConf.select(config, "data") is None:
-        raise TlcliError(f"no summary.json or {PREPROCESS_FILE} in {folder}: cannot tell the model's preprocessing")
+        raise TlcliError(f"no {SUMMARY} or {PREPROCESS} in {folder}: cannot tell the model's preprocessing")
     from tl_cli.data.datamodule import resolve_data_config
 
     img_size = OmegaConf.select(config, "model.img_size")

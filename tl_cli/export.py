@@ -17,7 +17,16 @@ from omegaconf import DictConfig
 
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.rundir import LABELS, MODEL, PREPROCESS
-from tl_cli.runs import ARCH_KEY, TrainedModel, load_model, output_folder, require
+from tl_cli.runs import (
+    ARCH_KEY,
+    TrainedModel,
+    build_split,
+    load_model,
+    output_folder,
+    require,
+    run_data_config,
+    run_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +75,6 @@ def preprocess(model: TrainedModel) -> dict[str, Any]:
 def check_inputs(model: TrainedModel, count: int) -> tuple[torch.Tensor, str]:
     """Up to `count` test-split images of the run's own dataset through its eval transform; random inputs
     (with a warning) when the dataset is not available here."""
-    from tl_cli.evaluate import build_split, run_data_config, run_seed
-
     data = run_data_config(model)
     if data is not None:
         try:

@@ -46,39 +46,8 @@ def main(cfg: DictConfig) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")  # never leave a half-written CSV under the real name
 
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    done, skipped = 0, []
     start = time.perf_counter()
-    with (
-        open(partial, "w", newline="") as f,
-        logging_redirect_tqdm(),  # skip warnings print above the bar, not through it
-        tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= cfg.batch_size) as bar,
-        torch.inference_mode(),
-    ):
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for indices, images, bad in loader:
-            for index, reason in bad:
-                log.warning("skipped %s: %s", paths[index], reason)
-                skipped.append(paths[index])
-            if images is not None:
-                probs = net(images.to(device)).float().softmax(dim=1)
-                scores, labels = probs.topk(k, dim=1)
-                for index, row_scores, row_labels in zip(indices, scores.tolist(), labels.tolist(), strict=True):
-                    names = [model.classes[c] for c in row_labels]
-                    writer.writerow(
-                        [
-                            paths[index],
-                            names[0],
-                            f"{row_scores[0]:.6f}",
-                            SEPARATOR.join(names),
-                            SEPARATOR.join(f"{s:.6f}" for s in row_scores),
-                        ]
-                    )
-                done += len(indices)
-            bar.update(len(indices) + len(bad))
+    done, skipped = write_predictions(loader, paths, net, model.classes, k, device, partial)
     seconds = time.perf_counter() - start
     if not done:
         partial.unlink()
@@ -94,6 +63,37 @@ def main(cfg: DictConfig) -> int:
     )
     print(f"predictions: {output}", flush=True)
     return done
+
+
+def write_predictions(
+    loader: DataLoader, paths: list[str], net: torch.nn.Module, classes: list[str], k: int, device, partial: Path
+) -> tuple[int, list[str]]:
+    """Top-k rows of every readable image into the CSV `partial`; returns (images predicted, files skipped)."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    done, skipped = 0, []
+    with (
+        open(partial, "w", newline="") as f,
+        logging_redirect_tqdm(),  # skip warnings print above the bar, not through it
+        tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= loader.batch_size) as bar,
+        torch.inference_mode(),
+    ):
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for indices, images, bad in loader:
+            for index, reason in bad:
+                log.warning("skipped %s: %s", paths[index], reason)
+                skipped.append(paths[index])
+            if images is not None:
+                scores, labels = net(images.to(device)).float().softmax(dim=1).topk(k, dim=1)
+                for index, row_scores, row_labels in zip(indices, scores.tolist(), labels.tolist(), strict=True):
+                    names = [classes[c] for c in row_labels]
+                    top = (SEPARATOR.join(names), SEPARATOR.join(f"{s:.6f}" for s in row_scores))
+                    writer.writerow([paths[index], names[0], f"{row_scores[0]:.6f}", *top])
+                done += len(indices)
+            bar.update(len(indices) + len(bad))
+    return done, skipped
 
 
 def collect_inputs(inputs: str | Iterable[str]) -> list[str]:

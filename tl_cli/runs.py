@@ -7,6 +7,7 @@ Weights are read with safetensors or torch.load(weights_only=True) and loaded st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import ConcatDataset, Dataset
 
 from tl_cli.errors import TlcliError
 from tl_cli.network import TransferNet
@@ -269,3 +271,38 @@ def _clean(data_config: dict[str, Any]) -> dict[str, Any]:
 
 def _describe(arch: dict[str, Any]) -> str:
     return f"extension {arch['hidden_dims']}" if arch["hidden_dims"] else "no extension"
+
+
+def run_data_config(model: TrainedModel) -> DictConfig | None:
+    """The run's data config over today's schema defaults (a run from an older tlcli lacks newer keys)."""
+    from tl_cli.config import DataConfig
+
+    if model.config is None or OmegaConf.select(model.config, "data") is None:
+        return None
+    saved = OmegaConf.to_container(model.config.data, resolve=False)
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    dropped = sorted(k for k in saved if k not in known)
+    if dropped:
+        log.warning("ignoring data keys this tlcli does not know: %s", ", ".join(dropped))
+    data = OmegaConf.merge(OmegaConf.structured(DataConfig), {k: v for k, v in saved.items() if k not in dropped})
+    data.augment = False
+    return data
+
+
+def run_seed(model: TrainedModel) -> int:
+    """The seed the run was trained with: it decides which images its held-out splits contain."""
+    seed = OmegaConf.select(model.config, "seed") if model.config is not None else None
+    return int(seed or 0)
+
+
+def build_split(data_cfg: DictConfig, model: TrainedModel, seed: int, split: str) -> tuple[Dataset, list[str]]:
+    """The split's images through the model's own eval transform, and the dataset's class names."""
+    from tl_cli.data.datamodule import make_datamodule
+
+    datamodule = make_datamodule(data_cfg, dict(model.data_config), seed)
+    splits = datamodule.splits
+    dataset = ConcatDataset(list(splits.values())) if split == "all" else splits[split]
+    if len(dataset) == 0:
+        raise TlcliError(f"split={split} of data={data_cfg.name} is empty; pick another split")
+    log.info("%s/%s: %d images, %d classes", data_cfg.name, split, len(dataset), len(datamodule.classes))
+    return dataset, list(datamodule.classes)

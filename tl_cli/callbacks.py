@@ -1,22 +1,27 @@
-"""tlcli's own Lightning callbacks: throughput, RNG state in checkpoints, graceful Ctrl-C.
+"""tlcli's own Lightning callbacks: throughput, RNG state in checkpoints, graceful Ctrl-C, progress output.
 
 Module-level classes, so they pickle (ddp_spawn sends the trainer's callbacks to each process).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from tl_cli import STARTED_AT
 from tl_cli.resume import Interrupted
 from tl_cli.rundir import LAST
+
+log = logging.getLogger(__name__)
 
 
 class Throughput(L.Callback):
@@ -98,3 +103,56 @@ class GracefulInterrupt(L.Callback):
         if self.requested:
             trainer.save_checkpoint(self.run_dir / LAST)
             raise Interrupted(trainer.current_epoch, trainer.global_step, self.run_dir)
+
+
+class ProgressOrLines(TQDMProgressBar):
+    """Lightning's progress bar in a terminal; where stdout (the bar's stream) is not one (CI, `| tee`, a SLURM
+    log), which would get carriage returns and cursor-up codes, one plain log line per epoch instead, as timm's
+    train.py prints."""
+
+    def __init__(self, refresh_rate: int = 10, plain: bool | None = None) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.plain = not sys.stdout.isatty() if plain is None else plain
+        if self.plain:
+            self.disable()
+        self._epoch_start = self._train_end = 0.0
+        self._images = 0
+        self._lr: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._epoch_start, self._train_end, self._images = time.perf_counter(), 0.0, 0
+        # the LR this epoch trains at (epoch schedulers step before on_train_epoch_end)
+        groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
+        self._lr = max((g["lr"] for g in groups), default=None)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._images += len(batch[1])
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        super().on_validation_start(trainer, pl_module)
+        if not trainer.sanity_checking and not self._train_end:
+            self._train_end = time.perf_counter()  # images/s counts training only, not validation
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.plain and trainer.is_global_zero:
+            log.info(self.epoch_line(trainer, pl_module))
+
+    def epoch_line(self, trainer, pl_module) -> str:
+        """epoch, train loss and acc, val loss and acc, images/s, LR, time."""
+        now = time.perf_counter()
+        train_seconds = (self._train_end or now) - self._epoch_start
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        train = pl_module.epoch_train_metrics() if hasattr(pl_module, "epoch_train_metrics") else None
+        if train is not None:
+            parts.append(f"train loss {train[0]:.4f} acc {train[1]:.4f}")
+        metrics = trainer.callback_metrics
+        if "val/loss" in metrics and "val/acc" in metrics:
+            parts.append(f"val loss {float(metrics['val/loss']):.4f} acc {float(metrics['val/acc']):.4f}")
+        parts.append(f"{self._images / max(train_seconds, 1e-9):.0f} img/s")
+        if self._lr is not None:
+            parts.append(f"lr {self._lr:.2e}")
+        parts.append(f"{now - self._epoch_start:.1f} s")
+        return "  ".join(parts)

@@ -89,6 +89,12 @@ class TransferModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self._stop_if_not_finite()  # before validation ends in a checkpoint of the (nan) weights
 
+    def epoch_train_metrics(self) -> tuple[float, float] | None:
+        """This epoch's mean train loss and accuracy so far (one host sync), for the per-epoch log line."""
+        if not self._seen:
+            return None
+        return float(self._loss_sum) / self._seen, float(self._correct) / self._seen
+
     def on_train_epoch_end(self) -> None:
         self._stop_if_not_finite()  # runs before ModelCheckpoint's epoch-end save
         if self._seen:

@@ -73,10 +73,11 @@ def write_predictions(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     done, skipped = 0, []
+    quiet = len(paths) <= loader.batch_size or not sys.stderr.isatty()  # a log file gets no redrawn bar
     with (
         open(partial, "w", newline="") as f,
         logging_redirect_tqdm(),  # skip warnings print above the bar, not through it
-        tqdm(total=len(paths), unit="img", file=sys.stderr, disable=len(paths) <= loader.batch_size) as bar,
+        tqdm(total=len(paths), unit="img", file=sys.stderr, disable=quiet) as bar,
         torch.inference_mode(),
     ):
         writer = csv.writer(f)

@@ -82,12 +82,19 @@ def _print_result(metrics: dict, out: Path) -> None:
     print(f"run_dir: {out}", flush=True)
 
 
+def _no_advertisements(record: logging.LogRecord) -> bool:
+    """Lightning's tips for its cloud products (litlogger, litmodels) are not run information."""
+    return "Tip: For seamless cloud" not in str(record.msg)
+
+
 def quiet_framework_noise() -> None:
     """Lightning logs through its own console handler; let Hydra's root handlers (console + train.log)
     carry it instead of printing every line twice. Silence warnings that tlcli triggers on purpose."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_no_advertisements)
     for message in (
         ".*module\\(s\\) in eval mode.*",  # frozen parts are kept in eval mode deliberately
         ".*exists and is not empty.*",  # the run dir already holds Hydra's .hydra/ and train.log

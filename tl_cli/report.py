@@ -1,152 +1,20 @@
 """`tlcli report <multirun dir>`: compare the jobs of a sweep in report.md, report.csv and report.png.
 
-Runs that differ only by seed form one group (mean ± std over seeds). Jobs without summary.json
-(failed or interrupted) are listed, never dropped. Import-light: matplotlib is loaded only to draw.
+Runs that differ only by seed form one group (mean ± std over seeds; tl_cli/sweep.py holds the sweep model and
+its rules). Jobs without summary.json (failed or interrupted) are listed, never dropped. A sweep over the LR or
+the samples per class also gets the study view (tl_cli/study.py). Import-light: matplotlib is loaded only to draw.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
-import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from tl_cli import study
 from tl_cli.errors import TlcliError
+from tl_cli.sweep import GROUP_KEYS, Group, SweepJob, group_jobs, load_jobs, short
 
 USAGE = "tlcli report <multirun dir>"
-GROUP_KEYS = ("strategy", "backbone", "weights", "dataset", "samples_per_class", "lr")
-
-
-@dataclass
-class Job:
-    """One job folder of the sweep."""
-
-    name: str
-    path: Path
-    summary: dict[str, Any] | None
-    overrides: list[str]
-    config: dict[str, Any]
-    val_curve: dict[int, float] = field(default_factory=dict)  # epoch -> val/acc
-
-    @property
-    def status(self) -> str:
-        return "ok" if self.summary is not None else "unfinished"
-
-    def key(self) -> tuple:
-        return tuple(self.summary.get(k) for k in GROUP_KEYS) if self.summary else ()
-
-    def metric(self, name: str) -> float | None:
-        value = (self.summary or {}).get("metrics", {}).get(name)
-        return float(value) if value is not None else None
-
-
-@dataclass
-class Group:
-    """Jobs that differ only by seed."""
-
-    key: tuple
-    jobs: list[Job]
-    label: str = ""
-    tie: bool = False
-
-    def stat(self, name: str) -> tuple[float | None, float, int]:
-        """(mean, sample std (0 for one run), number of runs) of a metric over seeds."""
-        values = [v for v in (j.metric(name) for j in self.jobs) if v is not None]
-        mean = statistics.fmean(values) if values else None
-        return mean, statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
-
-    def mean_of(self, key: str) -> float | None:
-        values = [float(j.summary[key]) for j in self.jobs if j.summary and j.summary.get(key) is not None]
-        return statistics.fmean(values) if values else None
-
-    def curve(self) -> tuple[list[int], list[float]]:
-        """Epochs and val/acc averaged over the seeds that reached each epoch."""
-        epochs = sorted({e for j in self.jobs for e in j.val_curve})
-        means = [statistics.fmean(j.val_curve[e] for j in self.jobs if e in j.val_curve) for e in epochs]
-        return epochs, means
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _val_curve(path: Path) -> dict[int, float]:
-    """Last val/acc logged in each epoch of a Lightning metrics.csv."""
-    curve: dict[int, float] = {}
-    if not path.is_file():
-        return curve
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("val/acc") and row.get("epoch"):
-                curve[int(float(row["epoch"]))] = float(row["val/acc"])
-    return curve
-
-
-def _load_job(p: Path) -> Job:
-    try:
-        summary = json.loads((p / "summary.json").read_text()) if (p / "summary.json").is_file() else None
-    except (OSError, json.JSONDecodeError):
-        summary = None  # a half-written summary: the job did not finish
-    overrides, config = _read_yaml(p / ".hydra/overrides.yaml"), _read_yaml(p / ".hydra/config.yaml")
-    return Job(
-        name=p.name,
-        path=p,
-        summary=summary if isinstance(summary, dict) else None,
-        overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
-        config=config if isinstance(config, dict) else {},
-        val_curve=_val_curve(p / "metrics.csv"),
-    )
-
-
-def load_jobs(sweep: Path) -> list[Job]:
-    """Job folders (holding .hydra/config.yaml or summary.json) of a multirun dir, in job-number order."""
-    folders = [p for p in sweep.iterdir() if (p / ".hydra/config.yaml").is_file() or (p / "summary.json").is_file()]
-    folders.sort(key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))
-    return [_load_job(p) for p in folders]
-
-
-def group_jobs(jobs: list[Job]) -> list[Group]:
-    """Finished jobs grouped by GROUP_KEYS, sorted by mean test acc (best first), ties with the best marked."""
-    by_key: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        if job.summary is not None:
-            by_key.setdefault(job.key(), []).append(job)
-    groups = [Group(key, members) for key, members in by_key.items()]
-    varying = [i for i in range(1, len(GROUP_KEYS)) if len({g.key[i] for g in groups}) > 1]
-    short = {1: "", 2: "weights=", 3: "", 4: "spc=", 5: "lr="}
-    for g in groups:
-        g.label = " ".join([str(g.key[0]), *(f"{short[i]}{_short(g.key[i])}" for i in varying)])
-    groups.sort(key=lambda g: -(g.stat("test/acc")[0] if g.stat("test/acc")[0] is not None else -math.inf))
-    for g in groups[1:]:
-        g.tie = tied_with_best(groups[0].stat("test/acc"), g.stat("test/acc"))
-    return groups
-
-
-def tied_with_best(best: tuple[float | None, float, int], other: tuple[float | None, float, int]) -> bool:
-    """Whether `other` (mean, std, n over seeds) is within one pooled std of `best`: a difference within noise."""
-    (best_mean, best_std, n_best), (mean, std, n) = best, other
-    return best_mean is not None and mean is not None and best_mean - mean <= _pooled(best_std, n_best, std, n)
-
-
-def _pooled(s1: float, n1: int, s2: float, n2: int) -> float:
-    """Pooled sample std of two groups; 0 when neither has two runs."""
-    dof = (n1 - 1) + (n2 - 1)
-    return math.sqrt(((n1 - 1) * s1**2 + (n2 - 1) * s2**2) / dof) if dof > 0 else 0.0
-
-
-def _short(value: Any) -> str:
-    if value is None:  # samples_per_class=null: the whole train split
-        return "all"
-    text = str(value)
-    return Path(text).stem if "/" in text else text
 
 
 def _fmt(mean: float | None, std: float, n: int) -> str:
@@ -159,7 +27,7 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def write_markdown(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
+def write_markdown(sweep: Path, jobs: list[SweepJob], groups: list[Group]) -> Path:
     """report.md: one row per group, the tie rule, and the failed or unfinished jobs."""
     head = "| | strategy | backbone | weights | samples/class | lr | n runs (seeds) | val acc | test acc "
     head += "| trainable / total params | train s (mean) | images/s (mean) |"
@@ -172,14 +40,14 @@ def write_markdown(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
         params = first.get("params", {})
         seeds = ", ".join(str((j.summary or {}).get("seed")) for j in g.jobs)
         mark = "best" if rank == 0 else ("tie with best" if g.tie else "")
-        spc = g.key[4] if g.key[4] is not None else "all"
+        spc = g.key.samples_per_class if g.key.samples_per_class is not None else "all"
         cells = [
             mark,
-            g.key[0],
-            g.key[1],
-            _short(g.key[2]),
+            g.key.strategy,
+            g.key.backbone,
+            short(g.key.weights),
             spc,
-            "-" if g.key[5] is None else g.key[5],
+            "-" if g.key.lr is None else g.key.lr,
             f"{len(g.jobs)} ({seeds})",
         ]
         cells += [_fmt(*g.stat("val/acc")), _fmt(*g.stat("test/acc"))]
@@ -205,7 +73,7 @@ def write_markdown(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
     return path
 
 
-def write_csv(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
+def write_csv(sweep: Path, jobs: list[SweepJob], groups: list[Group]) -> Path:
     """report.csv: one row per job, finished or not, with its status and group."""
     label = {id(j): g.label for g in groups for j in g.jobs}
     columns = ["job", "status", "group", *GROUP_KEYS, "seed", "val_acc", "test_acc", "trainable_params"]
@@ -229,7 +97,7 @@ def write_csv(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
     return path
 
 
-def _strategy_name(job: Job) -> str:
+def _strategy_name(job: SweepJob) -> str:
     for o in job.overrides:
         if o.startswith("strategy="):
             return o.split("=", 1)[1]
@@ -296,8 +164,6 @@ def make_report(directory: str) -> Path:
     path = write_markdown(sweep, jobs, groups)
     write_csv(sweep, jobs, groups)
     write_png(sweep, groups)
-    from tl_cli import study
-
     if study.is_study(groups):  # an LR search or a few-shot curve: also the per-cell strategy comparison
         study.write_study(sweep, jobs, groups)
     return path

@@ -1,11 +1,12 @@
 """Transfer-study view of a sweep: per cell, each strategy at its val-selected LR, ties, auto's hit rate.
 
 A *cell* is one (dataset, backbone, source weights, samples per class). Within a cell, each strategy's
-learning rate is the one with the best mean **val** accuracy over seeds; its test accuracy (mean ± std
-over seeds) is then what the strategy scores. The best strategy and those tied with it (within the
-pooled std, as in report.md) answer "which approach should I use here?". `strategy=auto` jobs in the
-same sweep are scored against that answer. Written by `tlcli report` when a sweep varies the LR or the
-samples per class: study.md, study.csv and study.png.
+learning rate is chosen on **val** accuracy by one rule (tl_cli/sweep.py `choose_lr`): the highest mean val
+accuracy over seeds; an exact tie goes to the smaller LR. Its test accuracy (mean ± std over seeds) is then
+what the strategy scores. The best strategy and those tied with it (within the pooled std, as in report.md)
+answer "which approach should I use here?". `strategy=auto` jobs in the same sweep are scored against that
+answer. Written by `tlcli report` when a sweep varies the LR or the samples per class: study.md, study.csv
+and study.png.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_cli.report import Group, Job, _short, tied_with_best
-
-STRATEGY_ORDER = ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
+from tl_cli.sweep import Group, SweepJob, choose_lr, short, strategy_order, tied_with_best
 
 
 @dataclass
@@ -66,39 +65,39 @@ class Cell:
 def _source_name(weights: str) -> str:
     """A weights file's short name; a tlcli run's model.safetensors is named after its run folder."""
     path = Path(str(weights))
-    return path.parent.name if path.stem == "model" and path.parent.name else _short(weights)
+    return path.parent.name if path.stem == "model" and path.parent.name else short(weights)
 
 
 def _spc_order(spc: int | None) -> float:
     return math.inf if spc is None else float(spc)
 
 
-def _source(job: Job) -> str:
+def _source(job: SweepJob) -> str:
     """The configured source weights: scratch and an auto run that picked scratch report "random init"
     in summary.json, yet belong to the cell of the source they were compared with."""
     configured = (job.config.get("model") or {}).get("weights")
     return str(configured) if configured is not None else str((job.summary or {}).get("weights"))
 
 
-def build_cells(groups: list[Group], jobs: list[Job]) -> list[Cell]:
+def build_cells(groups: list[Group], jobs: list[SweepJob]) -> list[Cell]:
     """Cells of a sweep with each strategy's val-selected LR, plus auto's picks."""
     cells: dict[tuple, Cell] = {}
     by_strategy: dict[tuple, list[Group]] = {}
     shown: dict[str, str] = {}  # configured source -> the weights file the transfer runs loaded
     for g in groups:
-        if g.key[0] not in ("scratch", "auto"):
-            shown.setdefault(_source(g.jobs[0]), str(g.key[2]))
+        if g.key.strategy not in ("scratch", "auto"):
+            shown.setdefault(_source(g.jobs[0]), str(g.key.weights))
     for g in groups:
-        strategy, backbone, _weights, dataset, spc, _lr = g.key
-        if strategy == "auto":
+        k = g.key
+        if k.strategy == "auto":
             continue
         source = _source(g.jobs[0])
-        cell_key = (dataset, backbone, source, spc)
-        cells.setdefault(cell_key, Cell(dataset, backbone, shown.get(source, source), spc))
-        by_strategy.setdefault((*cell_key, strategy), []).append(g)
+        cell_key = (k.dataset, k.backbone, source, k.samples_per_class)
+        cells.setdefault(cell_key, Cell(k.dataset, k.backbone, shown.get(source, source), k.samples_per_class))
+        by_strategy.setdefault((*cell_key, k.strategy), []).append(g)
     for (*cell_key, strategy), candidates in by_strategy.items():
-        best = max(candidates, key=lambda g: g.stat("val/acc")[0] if g.stat("val/acc")[0] is not None else -1.0)
-        cells[tuple(cell_key)].choices[strategy] = Choice(strategy, best.key[5], best, len(candidates))
+        chosen = choose_lr(candidates)  # highest mean val acc; an exact tie goes to the smaller LR
+        cells[tuple(cell_key)].choices[strategy] = Choice(strategy, chosen.key.lr, chosen, len(candidates))
     for job in jobs:
         s = job.summary or {}
         if s.get("strategy") != "auto" or not s.get("strategy_auto"):
@@ -113,8 +112,7 @@ def build_cells(groups: list[Group], jobs: list[Job]) -> list[Cell]:
 
 
 def _strategies(cells: list[Cell]) -> list[str]:
-    present = {s for c in cells for s in c.choices}
-    return [s for s in STRATEGY_ORDER if s in present] + sorted(present - set(STRATEGY_ORDER))
+    return strategy_order({s for c in cells for s in c.choices})
 
 
 def hit_rate(cells: list[Cell]) -> tuple[int, int]:
@@ -127,7 +125,8 @@ def write_markdown(sweep: Path, cells: list[Cell]) -> Path:
     lines = [f"# Transfer study: {sweep}", ""]
     lines += [
         "Test accuracy, mean ± std over seeds, of each strategy at the learning rate chosen on **validation** "
-        "accuracy (shown under it). **Bold**: best in its row; *≈*: tied with the best (within the pooled std). "
+        "accuracy (shown under it): the highest mean val acc over seeds; an exact tie goes to the smaller LR. "
+        "**Bold**: best in its row; *≈*: tied with the best (within the pooled std). "
         "auto: what `strategy=auto` picked per seed, and how many picks were the best or tied.",
         "",
     ]
@@ -138,7 +137,7 @@ def write_markdown(sweep: Path, cells: list[Cell]) -> Path:
         for cell in rows:
             winners, ranked = cell.winners(), cell.ranking()
             best = ranked[0].strategy if ranked else None
-            row = [_short(cell.samples_per_class)]
+            row = [short(cell.samples_per_class)]
             for s in strategies:
                 c = cell.choices.get(s)
                 if c is None or c.test[0] is None:
@@ -200,7 +199,7 @@ def write_csv(sweep: Path, cells: list[Cell]) -> Path:
                         cell.dataset,
                         cell.backbone,
                         cell.weights,
-                        _short(cell.samples_per_class),
+                        short(cell.samples_per_class),
                         s,
                         c.lr,
                         c.lrs_tried,
@@ -234,7 +233,7 @@ def write_png(sweep: Path, cells: list[Cell]) -> Path:
     colors = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(strategies)}
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels) + 2, 5), squeeze=False, constrained_layout=True)
     for ax, ((dataset, backbone, weights), rows) in zip(axes[0], panels.items(), strict=True):
-        ticks = [_short(c.samples_per_class) for c in rows]
+        ticks = [short(c.samples_per_class) for c in rows]
         x = list(range(len(rows)))  # even spacing: 1, 2, 5, 10, 50, all
         for s in strategies:
             points = [(i, c.choices[s].test) for i, c in enumerate(rows) if s in c.choices and c.choices[s].test[0]]
@@ -267,10 +266,10 @@ def write_png(sweep: Path, cells: list[Cell]) -> Path:
 
 def is_study(groups: list[Group]) -> bool:
     """A sweep over the LR or the samples per class (more than one value of either)."""
-    return len({g.key[4] for g in groups}) > 1 or len({g.key[5] for g in groups}) > 1
+    return len({g.key.samples_per_class for g in groups}) > 1 or len({g.key.lr for g in groups}) > 1
 
 
-def write_study(sweep: Path, jobs: list[Job], groups: list[Group]) -> Path:
+def write_study(sweep: Path, jobs: list[SweepJob], groups: list[Group]) -> Path:
     cells = build_cells(groups, jobs)
     path = write_markdown(sweep, cells)
     write_csv(sweep, cells)

@@ -26,11 +26,13 @@ def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> N
     assert {r["weights"] for r in rows} == {
         str(Path(__file__).parents[2] / "tl_cli/assets/fashion_mnist_test_resnet.safetensors")
     }
-    for row in rows:  # the reported LR is the one with the best mean val acc over seeds, whatever test says
+    for row in rows:  # the documented LR rule, recomputed: best mean val acc over seeds (whatever test says);
+        # an exact tie goes to the smaller LR (ties happen: e.g. 0.96875 at both LRs with bf16 on an AMX CPU)
         spc = None if row["samples_per_class"] == "all" else int(row["samples_per_class"])
         runs = [s for s in summaries if s["strategy"] == row["strategy"] and s["samples_per_class"] == spc]
         val = {lr: statistics.fmean(s["metrics"]["val/acc"] for s in runs if s["lr"] == lr) for lr in (0.01, 0.03)}
-        assert float(row["lr"]) == max(val, key=val.get), (row, val)
+        expected = min(lr for lr, acc in val.items() if acc == max(val.values()))
+        assert float(row["lr"]) == expected, (row, val)
         test = [s["metrics"]["test/acc"] for s in runs if s["lr"] == float(row["lr"])]
         assert abs(float(row["test_acc"]) - statistics.fmean(test)) < 1e-9
     for spc in ("2", "all"):

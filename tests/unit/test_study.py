@@ -1,12 +1,14 @@
-"""The study view of `tlcli report`: LR chosen on val (never test), ties per cell, auto's hit rate."""
+"""The study view of `tlcli report`: LR chosen on val (never test), exact val ties to the smaller LR, ties per cell,
+auto's hit rate."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tl_cli.report import group_jobs, load_jobs, make_report
+from tl_cli.report import make_report
 from tl_cli.study import build_cells, hit_rate
+from tl_cli.sweep import choose_lr, group_jobs, load_jobs
 
 
 def write_job(sweep: Path, name: str, strategy: str, lr: float, seed: int, val: float, test: float, **extra) -> None:
@@ -51,6 +53,27 @@ def test_lr_is_chosen_on_val_and_ties_and_auto_hits_are_scored(tmp_path: Path) -
     study_md = (tmp_path / "study.md").read_text()
     assert "auto hit rate: 1/2" in study_md and "lr 0.01" in study_md and "0.95" not in study_md
     assert (tmp_path / "study.png").stat().st_size > 10_000 and (tmp_path / "study.csv").is_file()
+
+
+def test_an_exact_val_tie_goes_to_the_smaller_lr(tmp_path: Path) -> None:
+    """The documented rule (tl_cli/sweep.py): highest mean val acc over seeds; an exact tie goes to the smaller LR,
+    whatever the job order or the test accuracies."""
+    # the larger LR comes first in job order and is better on test: neither may decide
+    for seed, val in ((0, 0.9375), (1, 1.0)):  # means 0.96875 at both LRs, as on an AMX CPU
+        write_job(tmp_path, f"0_big_{seed}", "freeze", 0.03, seed, val=val, test=0.99)
+        write_job(tmp_path, f"1_small_{seed}", "freeze", 0.01, seed, val=1.9375 - val, test=0.50)
+    write_job(tmp_path, "2_best", "finetune", 0.03, 0, val=0.97, test=0.60)  # finetune: 0.03 wins on val alone
+    write_job(tmp_path, "3_worse", "finetune", 0.01, 0, val=0.96875, test=0.99)
+    jobs = load_jobs(tmp_path)
+    groups = group_jobs(jobs)
+    freeze = [g for g in groups if g.key.strategy == "freeze"]
+    assert [g.stat("val/acc")[0] for g in freeze] == [0.96875, 0.96875]
+    assert choose_lr(freeze).key.lr == 0.01 and choose_lr(freeze[::-1]).key.lr == 0.01
+    (cell,) = build_cells(groups, jobs)
+    assert cell.choices["freeze"].lr == 0.01 and abs(cell.choices["freeze"].test[0] - 0.50) < 1e-12
+    assert cell.choices["finetune"].lr == 0.03
+    make_report(str(tmp_path))
+    assert "an exact tie goes to the smaller LR" in (tmp_path / "study.md").read_text()
 
 
 def test_a_sweep_without_lr_or_few_shot_axis_writes_no_study(tmp_path: Path) -> None:

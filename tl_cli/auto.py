@@ -38,15 +38,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.errors import TlcliError
+from tl_cli.strategies import transfer_strategy
 
 log = logging.getLogger(__name__)
 
-# (large data, similar task) -> strategy
+# (large data, similar task) -> strategy, from tl_cli/strategies.py: large data trains the backbone too,
+# a dissimilar task adds new hidden layers
 TABLE = {
-    (False, True): "freeze",
-    (True, True): "finetune",
-    (False, False): "extend_freeze",
-    (True, False): "extend_finetune",
+    (large, similar): transfer_strategy(train_backbone=large, extend=not similar).name
+    for large in (False, True)
+    for similar in (True, False)
 }
 PROBE_BATCH = 256  # eval-mode features do not depend on the batch size
 

@@ -88,6 +88,51 @@ def _stray_data_override(command: str, args: list[str]) -> str | None:
     return next((a for a in args if a.lstrip("+~").startswith("data.")), None)
 
 
+def help_text(topic: str, command: str = "") -> str:
+    """Text of the `--help` templates in configs/hydra/{default,command}.yaml, as `${tlcli_help:<topic>[,<command>]}`.
+
+    strategies: one line per strategy with its `when` (tl_cli/strategies.py); about: the command's line of
+    COMMANDS; groups: the config groups the command's own config composes (its defaults list), with their options.
+    """
+    if topic == "strategies":
+        from tl_cli.strategies import help_text as strategies_help
+
+        return strategies_help()
+    if topic == "about":
+        return COMMANDS.get(command, "")
+    if topic == "groups":
+        return _command_groups(command)
+    raise ValueError(f"unknown help topic '{topic}'")
+
+
+def _command_groups(command: str) -> str:
+    """`== Configuration groups ==` of a command whose config composes groups (eval: data), else nothing."""
+    import yaml
+
+    from tl_cli.paths import config_dir
+
+    root = config_dir()
+    defaults = yaml.safe_load((root / f"{command}.yaml").read_text()).get("defaults", [])
+    groups = [next(iter(d)) for d in defaults if isinstance(d, dict) and len(d) == 1]
+    groups = [g for g in groups if (root / g).is_dir() and not g.startswith("hydra")]
+    if not groups:
+        return ""
+    lines = [f"{g}: {', '.join(sorted(p.stem for p in (root / g).glob('*.yaml')))}" for g in groups]
+    return (
+        "\n== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+
+
+def register_help_resolver() -> None:
+    """`${tlcli_help:...}` for the help templates; only `--help` (or `--cfg hydra --resolve`) resolves them."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("tlcli_help"):
+        OmegaConf.register_new_resolver("tlcli_help", help_text)
+
+
 def run_hydra(command: str, args: list[str]) -> int:
     global _sweep_dir, _launching_pid
     import hydra
@@ -111,6 +156,7 @@ def run_hydra(command: str, args: list[str]) -> int:
     register_schemas()
     register_command_schemas()
     register_resolvers()
+    register_help_resolver()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)(_task(command))

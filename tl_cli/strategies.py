@@ -2,6 +2,9 @@
 
 A strategy is data: which weights the network starts from, whether the source network trains,
 and whether new hidden layers are added. `apply_strategy` is the one place that acts on it.
+Everything else is derived from `STRATEGIES`: the presets configs/strategy/<name>.yaml must match it
+(tests/unit/test_configs.py), the study report orders its columns by it, strategy=auto's table picks from it
+(`transfer_strategy`), and `tlcli train --help` lists each strategy's `when` (`help_text`).
 
 | strategy         | start from     | trains                 | extension |
 |------------------|----------------|------------------------|-----------|
@@ -25,7 +28,7 @@ class Strategy:
     use_source_weights: bool  # load model.weights into the backbone
     train_backbone: bool  # False: backbone frozen (requires_grad=False, kept in eval mode)
     extension: str  # "required" | "forbidden" | "optional"
-    when: str  # one-line advice, shown in docs and logs
+    when: str  # one-line advice, shown by `tlcli train --help`
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -46,6 +49,25 @@ def get_strategy(name: str) -> Strategy:
     return STRATEGIES[name]
 
 
+def transfer_strategy(train_backbone: bool, extend: bool) -> Strategy:
+    """The one strategy that starts from the source weights, trains the backbone or not, and adds hidden layers
+    (extension required) or not (extension forbidden): the cells of the classic transfer table."""
+    (match,) = (
+        s
+        for s in STRATEGIES.values()
+        if s.use_source_weights
+        and s.train_backbone == train_backbone
+        and s.extension == ("required" if extend else "forbidden")
+    )
+    return match
+
+
+def help_text() -> str:
+    """One line per strategy: its name and when to use it (the strategy list of `tlcli train --help`)."""
+    width = max(len(name) for name in STRATEGIES)
+    return "\n".join(f"  {s.name:<{width}}  {s.when}" for s in STRATEGIES.values())
+
+
 def check_extension(strategy: Strategy, hidden_dims: list[int]) -> None:
     """Refuse configs whose extension contradicts the strategy's name."""
     if strategy.extension == "required" and not hidden_dims:
@@ -54,7 +76,7 @@ def check_extension(strategy: Strategy, hidden_dims: list[int]) -> None:
             f"set e.g. strategy.extension.hidden_dims=[256]"
         )
     if strategy.extension == "forbidden" and hidden_dims:
-        extended = "extend_freeze" if not strategy.train_backbone else "extend_finetune"
+        extended = transfer_strategy(strategy.train_backbone, extend=True).name
         raise TlcliError(
             f"strategy={strategy.name} adds no hidden layers, but strategy.extension.hidden_dims="
             f"{list(hidden_dims)}; use strategy={extended} instead"

@@ -5,10 +5,12 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from tests.conftest import compose
 from tl_cli.errors import TlcliError
-from tl_cli.strategies import STRATEGIES, check_extension, get_strategy
+from tl_cli.paths import config_dir
+from tl_cli.strategies import STRATEGIES, check_extension, get_strategy, transfer_strategy
 from tl_cli.training import build_job as build
 
 
@@ -86,6 +88,37 @@ def test_registry_and_extension_rules() -> None:
     with pytest.raises(TlcliError, match="hidden_dims is empty"):
         check_extension(STRATEGIES["extend_finetune"], [])
     check_extension(STRATEGIES["scratch"], [64])
+
+
+def test_presets_match_the_registry() -> None:
+    """configs/strategy/<name>.yaml (auto.yaml aside) exist exactly for STRATEGIES, and each preset's extension
+    obeys its strategy's rule; frozen strategies set no backbone_lr_mult (nothing of the backbone trains)."""
+    presets = {p.stem: yaml.safe_load(p.read_text()) for p in (config_dir() / "strategy").glob("*.yaml")}
+    assert set(presets) - {"auto"} == set(STRATEGIES)
+    for name, preset in presets.items():
+        assert preset["name"] == name
+        if name == "auto":
+            continue
+        strategy = STRATEGIES[name]
+        hidden_dims = preset["extension"]["hidden_dims"]
+        check_extension(strategy, hidden_dims)  # raises where they disagree
+        assert bool(hidden_dims) == (strategy.extension == "required"), name  # optional: scratch, kept plain
+        assert ("backbone_lr_mult" in preset) == strategy.train_backbone, name
+
+
+def test_the_transfer_table_is_derived_from_the_registry() -> None:
+    """strategy=auto's table (tl_cli/auto.py) picks by properties: data size -> train the backbone, a dissimilar
+    task -> new hidden layers."""
+    from tl_cli.auto import TABLE
+
+    assert transfer_strategy(train_backbone=False, extend=False).name == "freeze"
+    assert transfer_strategy(train_backbone=True, extend=False).name == "finetune"
+    assert transfer_strategy(train_backbone=False, extend=True).name == "extend_freeze"
+    assert transfer_strategy(train_backbone=True, extend=True).name == "extend_finetune"
+    for (large, similar), name in TABLE.items():
+        strategy = STRATEGIES[name]
+        assert strategy.use_source_weights and strategy.train_backbone == large
+        assert (strategy.extension == "required") == (not similar)
 
 
 def test_scratch_ignores_source_weights(tmp_path) -> None:

@@ -1,0 +1,144 @@
+"""Every config of configs/ composes and fits its schema: each option of each config group (found on disk, so a
+new yaml is covered without editing this file), every experiment and hparams_search preset, and the top-level
+configs of train, eval, predict and export. Composition and schema only: nothing is built or trained."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+from tests.conftest import TLCLI
+from tl_cli.cli import register_help_resolver
+from tl_cli.command_config import EvalConfig, ExportConfig, PredictConfig, register_command_schemas
+from tl_cli.config import TrainConfig, register_schemas
+from tl_cli.config_checks import ALLOWED_TARGETS, check_config
+from tl_cli.paths import config_dir, register_resolvers
+from tl_cli.strategies import STRATEGIES
+
+CONFIGS = config_dir()
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
+OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIGS / group).glob("*.yaml"))]
+COMMANDS = {"eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig}
+
+
+@pytest.fixture
+def composed(tmp_path: Path):
+    """compose(config_name, overrides) -> (job config, hydra config), as `tlcli <command>` composes them, with
+    Hydra's runtime set so `${hydra:...}` interpolations resolve."""
+    register_schemas()
+    register_command_schemas()
+    register_resolvers()
+    register_help_resolver()
+    before = HydraConfig.instance().cfg
+
+    def run(config_name: str, overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path)
+        HydraConfig.instance().set_config(cfg)  # keeps cfg (with its hydra node) as the root of HydraConfig.get()
+        job = copy.deepcopy(cfg)
+        with open_dict(job):
+            del job["hydra"]
+        return job, cfg.hydra
+
+    yield run
+    HydraConfig.instance().cfg = before
+
+
+def required_keys(schema: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(schema) if f.default is MISSING}
+
+
+def check_hydra(hydra: DictConfig) -> None:
+    """The hydra settings tlcli relies on resolve (output folders, help text)."""
+    for key in ("run.dir", "sweep.dir", "job.name", "help.header", "help.template"):
+        assert OmegaConf.select(hydra, key, throw_on_missing=True), key
+
+
+def check_train(cfg: DictConfig) -> None:
+    """The train schema (types and mandatory keys) once every interpolation is resolved, tlcli's own checks,
+    and every `_target_` of the logger and callbacks groups importable."""
+    assert not OmegaConf.missing_keys(cfg)
+    OmegaConf.resolve(cfg)
+    assert isinstance(OmegaConf.to_object(cfg), TrainConfig)
+    check_config(cfg)
+    assert cfg.strategy.name in {*STRATEGIES, "auto"}
+    for group in ("logger", "callbacks"):
+        for name, node in (cfg[group] or {}).items():
+            if node is not None:
+                assert str(node._target_).startswith(ALLOWED_TARGETS), (group, name)
+                get_class(node._target_)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_of_every_group_composes(composed, group: str, option: str) -> None:
+    cfg, hydra = composed("train", [f"{group}={option}"])
+    check_hydra(hydra)
+    assert hydra.runtime.choices[group] == option
+    check_train(cfg)
+
+
+def test_the_groups_are_all_found() -> None:
+    """Discovery itself: the groups the train config composes, each with at least one option."""
+    expected = {"callbacks", "data", "experiment", "hparams_search", "logger", "model", "optim", "paths"}
+    assert set(GROUPS) >= expected | {"strategy", "trainer"}
+    assert {o for g, o in OPTIONS if g == "strategy"} == {*STRATEGIES, "auto"}
+
+
+@pytest.mark.parametrize("command", ["train", *COMMANDS])
+def test_top_level_configs_compose(composed, command: str) -> None:
+    cfg, hydra = composed(command, [])
+    check_hydra(hydra)
+    if command == "train":
+        check_train(cfg)
+        return
+    schema = COMMANDS[command]
+    assert set(OmegaConf.missing_keys(cfg)) == required_keys(schema)  # ckpt (and predict's inputs) stay ???
+    for key in required_keys(schema):
+        cfg[key] = "/set/by/the/user"
+    assert isinstance(OmegaConf.to_object(cfg), schema)
+
+
+@pytest.mark.parametrize("option", sorted(p.stem for p in (CONFIGS / "data").glob("*.yaml")))
+def test_eval_composes_every_dataset(composed, option: str) -> None:
+    cfg, _ = composed("eval", ["ckpt=/run", f"data={option}"])
+    assert cfg.data.name == option
+    assert isinstance(OmegaConf.to_object(cfg), EvalConfig)
+
+
+def test_every_hydra_option_is_used_by_a_top_level_config(composed) -> None:
+    used = set()
+    for command in ("train", *COMMANDS):
+        _, hydra = composed(command, [])
+        used |= {f"{group}/{choice}" for group, choice in hydra.runtime.choices.items() if group.startswith("hydra")}
+    on_disk = {str(p.relative_to(CONFIGS).with_suffix("")) for p in (CONFIGS / "hydra").rglob("*.yaml")}
+    assert on_disk <= used, on_disk - used
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_command_help_shows_only_its_own_keys(command: str) -> None:
+    result = subprocess.run([str(TLCLI), command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert text.startswith(f"tlcli {command}: ") and "ckpt: ???" in text
+    assert all(f"{key}:" in text for key in (f.name for f in dataclasses.fields(COMMANDS[command])))
+    for train_only in ("strategy:", "optim:", "trainer:", "experiment:", "model:", "callbacks:"):
+        assert train_only not in text, train_only
+    assert ("data: digits, fashion_mnist, image_folder, synthetic" in text) == (command == "eval")
+
+
+def test_train_help_lists_the_strategies_and_when_to_use_them() -> None:
+    result = subprocess.run([str(TLCLI), "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "strategy: auto, extend_finetune, extend_freeze, finetune, freeze, scratch" in result.stdout
+    for strategy in STRATEGIES.values():
+        assert f"{strategy.name}  " in result.stdout and strategy.when in result.stdout

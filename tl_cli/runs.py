@@ -24,7 +24,6 @@ from tl_cli.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMAR
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.safetensors"
 ARCH_KEY = "tlcli_arch"  # safetensors metadata key of an exported model: the architecture as JSON
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -174,29 +173,15 @@ def build_net(arch: dict[str, Any]) -> TransferNet:
 
 def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Every key present with the right shape, nothing extra; otherwise an error naming the first offender."""
-    target = net.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [k for k in state if k in target and state[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        if mismatched:
-            k = mismatched[0]
-            detail.append(f"{len(mismatched)} shape mismatches (e.g. {k}: {tuple(state[k].shape)})")
-        raise TlcliError(f"weights {source} do not fit the network its config describes: {'; '.join(detail)}")
-    net.load_state_dict(state, strict=True)
+    from tl_cli.weights import load_state_strict
+
+    load_state_strict(net, state, f"weights {source} do not fit the network its config describes")
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as ex:  # pickle payloads and foreign objects land here: refused, never executed
-        first = (str(ex).strip().splitlines() or [type(ex).__name__])[0]
-        raise TlcliError(f"refusing to load {path}: not a plain Lightning checkpoint ({first[:160]})") from None
+    from tl_cli.weights import read_torch_file
+
+    ckpt = read_torch_file(path, "Lightning checkpoint", "pass a checkpoint written by tlcli train")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise TlcliError(f"{path} has no state_dict; pass a checkpoint written by tlcli train")
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -207,15 +192,9 @@ def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dic
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    from tl_cli.weights import read_safetensors
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        return load_file(str(path)), metadata
-    except (SafetensorError, OSError, ValueError) as ex:
-        raise TlcliError(f"cannot read safetensors file {path}: {ex}; is it complete?") from None
+    return read_safetensors(path)
 
 
 def _as_config(value: Any) -> DictConfig | None:

@@ -16,6 +16,25 @@ TLCLI = Path(sys.executable).with_name("tlcli")
 BACKBONES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--precision",
+        default=None,
+        help="replace what trainer.precision=auto picks for this session, e.g. --precision 32-true to run without "
+        "bf16 (sets TLCLI_PRECISION, tl_cli/speed.py; tlcli subprocesses inherit it)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    precision = config.getoption("--precision")
+    if precision:
+        os.environ["TLCLI_PRECISION"] = precision
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"TLCLI_PRECISION={os.environ.get('TLCLI_PRECISION') or '(unset: trainer.precision=auto by hardware)'}"
+
+
 def compose(overrides: list[str]):
     """The train config exactly as `tlcli train <overrides>` composes it."""
     from hydra import compose as hydra_compose

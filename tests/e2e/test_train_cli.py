@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,9 @@ def assert_run_dir_contract(run_dir: Path, strategy: str) -> dict:
     p = summary["params"]
     assert p["total"] == p["trainable"] + p["frozen"] > 0
     assert (p["frozen"] > 0) == (strategy in ("freeze", "extend_freeze"))
-    for key in ("val/acc", "test/acc", "test/loss"):
-        assert 0 <= summary["metrics"][key] <= max(1.0, summary["metrics"][key])
+    metrics = summary["metrics"]
+    assert 0 <= metrics["val/acc"] <= 1 and 0 <= metrics["test/acc"] <= 1, metrics
+    assert math.isfinite(metrics["test/loss"]) and metrics["test/loss"] >= 0, metrics
     assert summary["epochs"] == 2 and summary["train_seconds"] > 0 and summary["train_images_per_second"] > 0
     labels = json.loads((run_dir / "labels.json").read_text())
     assert len(labels) == summary["num_classes"]
@@ -59,6 +61,22 @@ def test_every_strategy_end_to_end(tlcli, strategy: str) -> None:
     assert max(train_acc) > 0.5  # it learned (chance is 0.25)
     if strategy in ("freeze", "extend_freeze"):  # frozen BN: eval statistics are the source's from step one
         assert summary["metrics"]["test/acc"] > 0.5
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "expected"),
+    [
+        ("32-true", [], "32-true"),
+        ("bf16-mixed", [], "bf16-mixed"),
+        ("bf16-mixed", ["trainer.precision=32-true"], "32-true"),  # explicit: kept
+    ],
+)
+def test_precision_env_replaces_only_auto(tlcli, env: str, overrides: list[str], expected: str) -> None:
+    """TLCLI_PRECISION (pytest --precision) replaces what trainer.precision=auto picks, whatever the CPU;
+    channels_last=auto follows it; an explicit trainer.precision is kept."""
+    result = tlcli("train", *SMOKE, "trainer.max_epochs=1", *overrides, env={"TLCLI_PRECISION": env})
+    summary = summary_of(run_dir_of(result))
+    assert summary["precision"] == expected and summary["channels_last"] == (expected == "bf16-mixed")
 
 
 def test_multirun_sweep_of_the_four_strategies(tlcli, tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ TLCLI       := $(VENV)/bin/tlcli
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PYTEST_ARGS ?= -m "not slow"
+PYTEST_ARGS ?=
 
-.PHONY: install train test test-all lint format smoke source-model fashion-mnist bench clean study study-sources study-smoke imagenet-source
+.PHONY: install train test lint format smoke source-model fashion-mnist bench clean study study-sources study-smoke imagenet-source
 
 install: $(VENV)/.installed
 
@@ -31,9 +31,6 @@ train: install
 
 test: install fashion-mnist
 	$(PY) -m pytest $(PYTEST_ARGS)
-
-test-all: PYTEST_ARGS :=
-test-all: test
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -206,6 +206,7 @@ def _timm_loading(report: _LoadReport, state_dict: dict[str, torch.Tensor] | Non
             # deep-copied (dataclasses.asdict) and kept in model.pretrained_cfg, a second copy of every tensor.
             cfg.update(state_dict=dict(state_dict), source=None, file=None, url=None, hf_hub_id=None)
             cfg.update(custom_load=False, input_size=_source_input_size(model, cfg, state_dict, kw.get("in_chans", 3)))
+        kw["filter_fn"] = _then_resample_positions(kw.get("filter_fn"))
         handle = model.register_load_state_dict_post_hook(report.record)
         try:
             original(model, pretrained_cfg=cfg, **kw)
@@ -226,6 +227,52 @@ def _timm_loading(report: _LoadReport, state_dict: dict[str, torch.Tensor] | Non
 def _key_lists_filter(record: logging.LogRecord) -> bool:
     """Drop timm's 'Missing keys (...)' / 'Unexpected keys (...)' lines: _load_with_timm judges them."""
     return not str(record.msg).startswith(("Missing keys", "Unexpected keys"))
+
+
+def _then_resample_positions(filter_fn: Any) -> Any:
+    """The model's own checkpoint filter (called as timm calls it), then _resample_positions."""
+
+    def filtered(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        if filter_fn is not None:
+            try:
+                state_dict = filter_fn(state_dict, model)
+            except TypeError:  # older one-argument filters, as in timm's load_pretrained
+                state_dict = filter_fn(state_dict)
+        return _resample_positions(state_dict, model)
+
+    return filtered
+
+
+def _resample_positions(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Position tables that the model's filter left at the source's size (cait and pit pos_embed, gcvit
+    relative_position_bias_table): resampled to the model's size with timm's own functions, as timm's
+    filters do for ViT and Swin. Square grids only; anything else stays a shape mismatch."""
+    from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table_levit
+
+    target = model.state_dict()
+    for key, value in list(state.items()):
+        want = target.get(key)
+        if want is None or value.shape == want.shape or value.ndim != want.ndim:
+            continue
+        if key.endswith("pos_embed") and value.ndim == 4 and value.shape[:2] == want.shape[:2]:  # (1, C, H, W)
+            resized = nn.functional.interpolate(value.float(), size=tuple(want.shape[-2:]), mode="bicubic")
+            state[key] = resized.to(value.dtype)
+        elif key.endswith("pos_embed") and value.ndim == 3 and value.shape[::2] == want.shape[::2]:  # (1, N, C)
+            for prefix in (0, 1, 2):  # class/distillation tokens ahead of the grid
+                old, new = _square_side(value.shape[1] - prefix), _square_side(want.shape[1] - prefix)
+                if old and new:
+                    state[key] = resample_abs_pos_embed(value, [new, new], [old, old], num_prefix_tokens=prefix)
+                    break
+        elif key.endswith("relative_position_bias_table") and value.ndim == 2 and value.shape[1] == want.shape[1]:
+            if _square_side(value.shape[0]) and _square_side(want.shape[0]):
+                state[key] = resize_rel_pos_bias_table_levit(value, tuple(want.shape))
+    return state
+
+
+def _square_side(n: int) -> int:
+    """The side of an n-cell square grid; 0 when n is not a square."""
+    side = round(n**0.5) if n > 0 else 0
+    return side if side * side == n else 0
 
 
 def _source_input_size(

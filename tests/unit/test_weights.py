@@ -168,6 +168,15 @@ def test_position_embeddings_resampled_to_another_size(tmp_path: Path) -> None:
     assert backbone(torch.randn(2, 3, 64, 64)).shape == (2, backbone.num_features)
 
 
+def test_position_table_left_by_the_filter_is_resampled(tmp_path: Path) -> None:
+    """timm's PiT filter keeps pos_embed at the source's grid: tlcli resamples it with timm's interpolation."""
+    src, path = save_source(tmp_path, "pit_ti_224")
+    backbone, _ = create_backbone("pit_ti_224", path, img_size=64)
+    expected = torch.nn.functional.interpolate(src.pos_embed.detach(), size=(7, 7), mode="bicubic")
+    assert torch.allclose(backbone.pos_embed, expected)
+    assert backbone(torch.randn(1, 3, 64, 64)).shape == (1, backbone.num_features)
+
+
 def test_fixed_size_model_names_its_size(tmp_path: Path) -> None:
     _, path = save_source(tmp_path, "levit_128s")  # attention biases are per position: no resampling
     with pytest.raises(TlcliError, match=r"^levit_128s runs only at 224 px; set model.img_size=224$"):

@@ -15,6 +15,7 @@ def test_explicit_settings_win() -> None:
 
 
 def test_auto_follows_the_hardware(monkeypatch) -> None:
+    monkeypatch.delenv("TLCLI_PRECISION", raising=False)  # pytest --precision sets it for the session
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     assert speed.resolve("auto", "auto", "cpu")[:2] == ("bf16-mixed", True)
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: False)
@@ -37,3 +38,10 @@ def test_bad_worker_counts_are_refused() -> None:
     for bad in ("-1", "many", "1.5"):
         with pytest.raises(TlcliError, match=f"data.num_workers={bad} is not valid"):
             speed.resolve_workers(bad)
+
+
+def test_env_replaces_auto_only(monkeypatch) -> None:
+    monkeypatch.setenv("TLCLI_PRECISION", "32-true")
+    monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
+    assert speed.resolve("auto", "auto", "cpu")[:2] == ("32-true", False)
+    assert speed.resolve("bf16-mixed", "auto", "cpu")[:2] == ("bf16-mixed", True)

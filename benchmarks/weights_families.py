@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             source = timm.create_model(name)  # random init, 1000-class classifier: what a published file holds
             native = int(source.pretrained_cfg["input_size"][-1])
             path = str(Path(tmp) / f"{name}.safetensors")
-            save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+            save_file({k: v.contiguous().clone() for k, v in source.state_dict().items()}, path)  # no shared
             del source
             for size in dict.fromkeys((native, args.small)):
                 start = time.perf_counter()

@@ -247,24 +247,26 @@ def _resample_positions(state: dict[str, torch.Tensor], model: nn.Module) -> dic
     """Position tables that the model's filter left at the source's size (cait and pit pos_embed, gcvit
     relative_position_bias_table): resampled to the model's size with timm's own functions, as timm's
     filters do for ViT and Swin. Square grids only; anything else stays a shape mismatch."""
-    from timm.layers import resample_abs_pos_embed, resize_rel_pos_bias_table_levit
+    from timm.layers import resample_abs_pos_embed, resample_abs_pos_embed_nhwc, resize_rel_pos_bias_table_levit
 
     target = model.state_dict()
     for key, value in list(state.items()):
-        want = target.get(key)
+        want, leaf = target.get(key), key.rsplit(".", 1)[-1]
         if want is None or value.shape == want.shape or value.ndim != want.ndim:
             continue
-        if key.endswith("pos_embed") and value.ndim == 4 and value.shape[:2] == want.shape[:2]:  # (1, C, H, W)
+        if "pos_embed" in leaf and value.ndim == 4 and value.shape[:2] == want.shape[:2]:  # (1, C, H, W): PiT
             resized = nn.functional.interpolate(value.float(), size=tuple(want.shape[-2:]), mode="bicubic")
             state[key] = resized.to(value.dtype)
-        elif key.endswith("pos_embed") and value.ndim == 3 and value.shape[::2] == want.shape[::2]:  # (1, N, C)
+        elif "pos_embed" in leaf and value.ndim == 4 and value.shape[::3] == want.shape[::3]:  # (1, H, W, C): VOLO
+            state[key] = resample_abs_pos_embed_nhwc(value, list(want.shape[1:3]))
+        elif "pos_embed" in leaf and value.ndim == 3 and value.shape[::2] == want.shape[::2]:  # (1, N, C): CaiT
             for prefix in (0, 1, 2):  # class/distillation tokens ahead of the grid
                 old, new = _square_side(value.shape[1] - prefix), _square_side(want.shape[1] - prefix)
                 if old and new:
                     state[key] = resample_abs_pos_embed(value, [new, new], [old, old], num_prefix_tokens=prefix)
                     break
-        elif key.endswith("relative_position_bias_table") and value.ndim == 2 and value.shape[1] == want.shape[1]:
-            if _square_side(value.shape[0]) and _square_side(want.shape[0]):
+        elif leaf == "relative_position_bias_table" and value.ndim == 2 and value.shape[1] == want.shape[1]:
+            if _square_side(value.shape[0]) and _square_side(want.shape[0]):  # (L, heads): GCViT windows
                 state[key] = resize_rel_pos_bias_table_levit(value, tuple(want.shape))
     return state
 

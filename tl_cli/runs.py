@@ -129,7 +129,7 @@ def resolve(ckpt: str) -> tuple[Path | None, Path]:
 
 def architecture(config: DictConfig, num_classes: int) -> dict[str, Any]:
     """The network's shape from a train config: backbone, input, extension and head width."""
-    import timm
+    from tl_cli.weights import fixed_input_size
 
     def get(key: str, default: Any = None) -> Any:
         value = OmegaConf.select(config, key, default=default)
@@ -139,13 +139,11 @@ def architecture(config: DictConfig, num_classes: int) -> dict[str, Any]:
     if not backbone:
         raise TlcliError("the run's config has no model.backbone; is it a tlcli train run?")
     img_size = get("model.img_size")
-    pretrained_cfg = timm.models.get_pretrained_cfg(backbone)
-    fixed_input_size = bool(pretrained_cfg and getattr(pretrained_cfg, "fixed_input_size", False))
     return {
         "backbone": backbone,
         "in_chans": int(get("model.in_chans", 3)),
         # timm takes img_size only for models with a fixed input size (position embeddings), as train does
-        "img_size": img_size if img_size and fixed_input_size else None,
+        "img_size": img_size if img_size and fixed_input_size(backbone) else None,
         "kwargs": get("model.kwargs", {}) or {},
         "num_classes": int(num_classes),
         "hidden_dims": list(get("strategy.extension.hidden_dims", []) or []),

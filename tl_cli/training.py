@@ -46,21 +46,14 @@ class FitResult:
 
 
 def backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """timm.create_model arguments of the backbone, besides its name and weights."""
+    """timm.create_model arguments of the backbone, besides its name and weights. `img_size` always goes along:
+    create_backbone passes it to timm where the parameters depend on it, and checks the model runs at it."""
     kwargs = dict(in_chans=cfg.model.in_chans, drop_rate=cfg.model.drop_rate, **cfg.model.kwargs)
     if cfg.model.drop_path_rate is not None:
         kwargs["drop_path_rate"] = cfg.model.drop_path_rate
-    if cfg.model.img_size and _fixed_input_size(cfg.model.backbone):
+    if cfg.model.img_size:
         kwargs["img_size"] = cfg.model.img_size
     return kwargs
-
-
-def _fixed_input_size(name: str) -> bool:
-    """ViT-style models bake the input size into their position embeddings: pass img_size to timm."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    return bool(cfg and getattr(cfg, "fixed_input_size", False))
 
 
 def build_job(cfg: DictConfig) -> TransferJob:

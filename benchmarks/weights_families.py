@@ -27,7 +27,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from benchmarks.common import machine, table  # noqa: E402
 from tl_cli.errors import TlcliError  # noqa: E402
-from tl_cli.weights import create_backbone  # noqa: E402
+from tl_cli.transfer.weights import create_backbone  # noqa: E402
 
 # (family, smallest usual variant); the note says why the family is here
 FAMILIES = [

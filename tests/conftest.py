@@ -21,7 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--precision",
         default=None,
         help="replace what trainer.precision=auto picks for this session, e.g. --precision 32-true to run without "
-        "bf16 (sets TLCLI_PRECISION, tl_cli/speed.py; tlcli subprocesses inherit it)",
+        "bf16 (sets TLCLI_PRECISION, tl_cli/transfer/speed.py; tlcli subprocesses inherit it)",
     )
 
 
@@ -40,8 +40,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from tl_cli.config import register_schemas
-    from tl_cli.paths import config_dir, register_resolvers
+    from tl_cli.config.paths import config_dir, register_resolvers
+    from tl_cli.config.schema import register_schemas
 
     register_schemas()
     register_resolvers()

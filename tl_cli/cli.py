@@ -24,10 +24,11 @@ COMMANDS: dict[str, str] = {
 
 # The module whose `main(cfg)` runs each command; imported only when the command runs.
 _MODULES: dict[str, str] = {
-    "train": "tl_cli.train",
-    "eval": "tl_cli.evaluate",
-    "predict": "tl_cli.predict",
-    "export": "tl_cli.export",
+    "train": "tl_cli.commands.train",
+    "eval": "tl_cli.commands.evaluate",
+    "predict": "tl_cli.commands.predict",
+    "export": "tl_cli.commands.export",
+    "report": "tl_cli.commands.report",
 }
 
 USAGE = f"""tlcli {__version__}: transfer learning on timm backbones (Lightning + Hydra)
@@ -50,7 +51,7 @@ examples:
 """
 
 # The sweep folder of the `tlcli train -m` in progress, named after the sweep ends. Set in the launching
-# process by the Hydra callback in configs/hydra/default.yaml (tl_cli/sweep_callback.py), so also when the
+# process by the Hydra callback in configs/hydra/default.yaml (tl_cli/run/sweep_callback.py), so also when the
 # jobs run elsewhere.
 _sweep_dir: str | None = None
 # The process that runs the Hydra app. In the jobs of out-of-process launchers (joblib workers, submitit/SLURM
@@ -91,11 +92,11 @@ def _stray_data_override(command: str, args: list[str]) -> str | None:
 def help_text(topic: str, command: str = "") -> str:
     """Text of the `--help` templates in configs/hydra/{default,command}.yaml, as `${tlcli_help:<topic>[,<command>]}`.
 
-    strategies: one line per strategy with its `when` (tl_cli/strategies.py); about: the command's line of
+    strategies: one line per strategy with its `when` (tl_cli/transfer/strategies.py); about: the command's line of
     COMMANDS; groups: the config groups the command's own config composes (its defaults list), with their options.
     """
     if topic == "strategies":
-        from tl_cli.strategies import help_text as strategies_help
+        from tl_cli.transfer.strategies import help_text as strategies_help
 
         return strategies_help()
     if topic == "about":
@@ -109,7 +110,7 @@ def _command_groups(command: str) -> str:
     """`== Configuration groups ==` of a command whose config composes groups (eval: data), else nothing."""
     import yaml
 
-    from tl_cli.paths import config_dir
+    from tl_cli.config.paths import config_dir
 
     root = config_dir()
     defaults = yaml.safe_load((root / f"{command}.yaml").read_text()).get("defaults", [])
@@ -149,9 +150,9 @@ def run_hydra(command: str, args: list[str]) -> int:
             )
         )
 
-    from tl_cli.command_config import register_command_schemas
-    from tl_cli.config import register_schemas
-    from tl_cli.paths import config_dir, register_resolvers
+    from tl_cli.config.commands import register_command_schemas
+    from tl_cli.config.paths import config_dir, register_resolvers
+    from tl_cli.config.schema import register_schemas
 
     register_schemas()
     register_command_schemas()
@@ -178,9 +179,7 @@ def run_hydra(command: str, args: list[str]) -> int:
 def run_report(args: list[str]) -> int:
     """`tlcli report <dir>`: no Hydra app, one positional folder."""
     try:
-        from tl_cli.report import main as report_main
-
-        return report_main(args)
+        return importlib.import_module(_MODULES["report"]).main(args)
     except BaseException as ex:
         return report(ex)
 
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         return report(choose_from("command", command, COMMANDS))
     if command == "train" and any(a.startswith("resume=") for a in args):
-        from tl_cli.resume import resume_args
+        from tl_cli.run.resume import resume_args
 
         try:
             args = resume_args(args)

@@ -40,7 +40,7 @@ def _known_config_keys() -> list[str]:
     """Dotted keys of the train config schema, for 'did you mean' on typos."""
     from omegaconf import OmegaConf
 
-    from tl_cli.config import TrainConfig
+    from tl_cli.config.schema import TrainConfig
 
     def walk(node: object, prefix: str) -> Iterable[str]:
         if isinstance(node, dict):

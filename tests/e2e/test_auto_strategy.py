@@ -25,8 +25,8 @@ def test_auto_on_the_embedded_default(tlcli) -> None:
     assert 0 <= auto["probe_acc_random"] <= 1 and 0 <= auto["probe_acc_source"] <= 1
     assert {k: auto[k] for k in THRESHOLDS} == THRESHOLDS
     # the network is the chosen strategy's own: its parameter counts, and a run dir eval/predict can load
-    from tl_cli.runs import load_model
-    from tl_cli.training import build_job as build
+    from tl_cli.run.trained import load_model
+    from tl_cli.run.training import build_job as build
 
     expected = build(compose([f"strategy={auto['chosen']}", *overrides])).net.param_counts()
     assert summary["params"] == expected

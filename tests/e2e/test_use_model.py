@@ -86,7 +86,7 @@ def last_line(result: subprocess.CompletedProcess, key: str) -> Path:
 
 def through_eval_transform(run: Path, paths: list[Path]) -> tuple[torch.nn.Module, torch.Tensor]:
     """The trained PyTorch network and these images through its own eval transform."""
-    from tl_cli.runs import load_model
+    from tl_cli.run.trained import load_model
 
     model = load_model(str(run))
     transform = model.eval_transform()
@@ -154,7 +154,7 @@ def test_export_matches_pytorch(export, trained: Path, work: Path, images: list[
         elif fmt == "torchscript":
             exported = torch.jit.load(str(path))
         else:
-            from tl_cli.runs import load_model
+            from tl_cli.run.trained import load_model
 
             exported = load_model(str(path)).net  # rebuilt from the file alone (no run dir)
         for x in (batch, batch[:1]):  # dynamic batch dimension

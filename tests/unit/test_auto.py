@@ -12,9 +12,9 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.conftest import compose
-from tl_cli.auto import TABLE, chance_corrected, check_settings, decide, subsample, trained_config
-from tl_cli.config import AutoConfig
+from tl_cli.config.schema import AutoConfig
 from tl_cli.errors import TlcliError
+from tl_cli.transfer.auto import TABLE, chance_corrected, check_settings, decide, subsample, trained_config
 
 CHANCE = 0.1  # 10 balanced classes
 
@@ -97,8 +97,8 @@ def test_probe_subsample_is_stratified_seeded_and_capped() -> None:
 
 def test_an_auto_run_dir_is_rebuilt_with_the_strategy_it_chose(tmp_path: Path) -> None:
     """eval/predict/export read the run's .hydra config, which says strategy=auto: summary.json names the choice."""
-    from tl_cli.auto import preset
-    from tl_cli.runs import architecture
+    from tl_cli.run.trained import architecture
+    from tl_cli.transfer.auto import preset
 
     config = compose(["strategy=auto"])
     preset_block = {k: v for k, v in OmegaConf.to_container(preset("extend_freeze")).items() if k != "auto"}
@@ -114,7 +114,7 @@ def test_an_auto_run_dir_is_rebuilt_with_the_strategy_it_chose(tmp_path: Path) -
 
 def test_auto_builds_exactly_the_chosen_strategys_network() -> None:
     """Same seed: the auto job's network, trainable set and optimizer settings equal strategy=<chosen>'s."""
-    from tl_cli.training import build_job as build
+    from tl_cli.run.training import build_job as build
 
     overrides = ["data.samples_per_class=5", "data.augment=false"]
     auto_job = build(compose(["strategy=auto", *overrides]))

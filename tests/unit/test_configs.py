@@ -17,11 +17,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from tests.conftest import TLCLI
 from tl_cli.cli import register_help_resolver
-from tl_cli.command_config import EvalConfig, ExportConfig, PredictConfig, register_command_schemas
-from tl_cli.config import TrainConfig, register_schemas
-from tl_cli.config_checks import ALLOWED_TARGETS, check_config
-from tl_cli.paths import config_dir, register_resolvers
-from tl_cli.strategies import STRATEGIES
+from tl_cli.config.checks import ALLOWED_TARGETS, check_config
+from tl_cli.config.commands import EvalConfig, ExportConfig, PredictConfig, register_command_schemas
+from tl_cli.config.paths import config_dir, register_resolvers
+from tl_cli.config.schema import TrainConfig, register_schemas
+from tl_cli.transfer.strategies import STRATEGIES
 
 CONFIGS = config_dir()
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))

@@ -7,7 +7,7 @@ import timm
 import torch
 
 from tests.conftest import BACKBONES
-from tl_cli.network import TransferNet, build_extension, feature_dim
+from tl_cli.transfer.network import TransferNet, build_extension, feature_dim
 
 
 @pytest.mark.parametrize("name", BACKBONES)

@@ -1,11 +1,11 @@
-"""The documented fast-defaults rule (tl_cli/speed.py)."""
+"""The documented fast-defaults rule (tl_cli/transfer/speed.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tl_cli import speed
 from tl_cli.errors import TlcliError
+from tl_cli.transfer import speed
 
 
 def test_explicit_settings_win() -> None:

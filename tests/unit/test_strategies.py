@@ -8,10 +8,10 @@ import torch
 import yaml
 
 from tests.conftest import compose
+from tl_cli.config.paths import config_dir
 from tl_cli.errors import TlcliError
-from tl_cli.paths import config_dir
-from tl_cli.strategies import STRATEGIES, check_extension, get_strategy, transfer_strategy
-from tl_cli.training import build_job as build
+from tl_cli.run.training import build_job as build
+from tl_cli.transfer.strategies import STRATEGIES, check_extension, get_strategy, transfer_strategy
 
 
 def fit_steps(overrides: list[str], steps: int = 4):
@@ -107,9 +107,10 @@ def test_presets_match_the_registry() -> None:
 
 
 def test_the_transfer_table_is_derived_from_the_registry() -> None:
-    """strategy=auto's table (tl_cli/auto.py) picks by properties: data size -> train the backbone, a dissimilar
+    """strategy=auto's table (tl_cli/transfer/auto.py) picks by properties: data size -> train the backbone,
+    a dissimilar
     task -> new hidden layers."""
-    from tl_cli.auto import TABLE
+    from tl_cli.transfer.auto import TABLE
 
     assert transfer_strategy(train_backbone=False, extend=False).name == "freeze"
     assert transfer_strategy(train_backbone=True, extend=False).name == "finetune"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tl_cli.report import make_report
-from tl_cli.study import build_cells, hit_rate
-from tl_cli.sweep import choose_lr, group_jobs, load_jobs
+from tl_cli.reporting.report import make_report
+from tl_cli.reporting.study import build_cells, hit_rate
+from tl_cli.reporting.sweep import choose_lr, group_jobs, load_jobs
 
 
 def write_job(sweep: Path, name: str, strategy: str, lr: float, seed: int, val: float, test: float, **extra) -> None:
@@ -56,7 +56,8 @@ def test_lr_is_chosen_on_val_and_ties_and_auto_hits_are_scored(tmp_path: Path) -
 
 
 def test_an_exact_val_tie_goes_to_the_smaller_lr(tmp_path: Path) -> None:
-    """The documented rule (tl_cli/sweep.py): highest mean val acc over seeds; an exact tie goes to the smaller LR,
+    """The documented rule (tl_cli/reporting/sweep.py): highest mean val acc over seeds; an exact tie goes to the
+    smaller LR,
     whatever the job order or the test accuracies."""
     # the larger LR comes first in job order and is better on test: neither may decide
     for seed, val in ((0, 0.9375), (1, 1.0)):  # means 0.96875 at both LRs, as on an AMX CPU

@@ -64,7 +64,7 @@ def build_transforms(data_config: dict[str, Any], augment: bool, aug: dict[str, 
 def make_datamodule(cfg, data_config: dict[str, Any], seed: int, trainer_cfg=None) -> TransferDataModule:
     """The one way tlcli builds its data: splits prepared, workers sized for the trainer's devices
     (train, strategy=auto's probe, eval, predict and export all come here)."""
-    from tl_cli.speed import processes_sharing_cores
+    from tl_cli.transfer.speed import processes_sharing_cores
 
     accelerator = str(trainer_cfg.get("accelerator", "auto")) if trainer_cfg is not None else "auto"
     devices = processes_sharing_cores(trainer_cfg.get("devices", 1)) if trainer_cfg is not None else 1
@@ -126,7 +126,7 @@ class TransferDataModule(L.LightningDataModule):
     def __init__(
         self, cfg, data_config: dict[str, Any], seed: int, accelerator: str = "auto", devices: int = 1
     ) -> None:
-        from tl_cli.speed import resolve_workers
+        from tl_cli.transfer.speed import resolve_workers
 
         super().__init__()
         self.cfg, self.data_config, self.seed = cfg, data_config, seed

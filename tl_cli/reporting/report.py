@@ -1,8 +1,9 @@
-"""`tlcli report <multirun dir>`: compare the jobs of a sweep in report.md, report.csv and report.png.
+"""The report of a sweep (`tlcli report`, tl_cli/commands/report.py): report.md, report.csv and report.png.
 
-Runs that differ only by seed form one group (mean ± std over seeds; tl_cli/sweep.py holds the sweep model and
-its rules). Jobs without summary.json (failed or interrupted) are listed, never dropped. A sweep over the LR or
-the samples per class also gets the study view (tl_cli/study.py). Import-light: matplotlib is loaded only to draw.
+Runs that differ only by seed form one group (mean ± std over seeds; tl_cli/reporting/sweep.py holds the sweep
+model and its rules). Jobs without summary.json (failed or interrupted) are listed, never dropped. A sweep over
+the LR or the samples per class also gets the study view (tl_cli/reporting/study.py). Import-light: matplotlib
+is loaded only to draw.
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from tl_cli import study
 from tl_cli.errors import TlcliError
-from tl_cli.sweep import GROUP_KEYS, Group, SweepJob, group_jobs, load_jobs, short
-
-USAGE = "tlcli report <multirun dir>"
+from tl_cli.reporting import study
+from tl_cli.reporting.sweep import GROUP_KEYS, Group, SweepJob, group_jobs, load_jobs, short
 
 
 def _fmt(mean: float | None, std: float, n: int) -> str:
@@ -167,18 +166,3 @@ def make_report(directory: str) -> Path:
     if study.is_study(groups):  # an LR search or a few-shot curve: also the per-cell strategy comparison
         study.write_study(sweep, jobs, groups)
     return path
-
-
-def main(args: list[str]) -> int:
-    """Entry point of `tlcli report <dir>` (also `dir=<dir>`)."""
-    if args and args[0] in ("-h", "--help"):
-        print(f"usage: {USAGE}\n  writes report.md, report.csv and report.png into the multirun folder")
-        return 0
-    if not args:
-        raise TlcliError(f"report needs the folder of a sweep; usage: {USAGE} (e.g. outputs/train/multiruns/<time>)")
-    if len(args) != 1:
-        raise TlcliError(f"report takes one folder, got {len(args)} arguments {args}; usage: {USAGE}")
-    directory = args[0].removeprefix("dir=")
-    path = make_report(directory)
-    print(f"report: {path}", flush=True)
-    return 0

@@ -13,15 +13,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tl_cli import speed
-from tl_cli.callbacks import GracefulInterrupt, RngState, Throughput
-from tl_cli.config_checks import check_config, instantiate_group
+from tl_cli.config.checks import check_config, instantiate_group
 from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
-from tl_cli.features import cache_decision, cached_feature_splits
-from tl_cli.network import TransferNet
-from tl_cli.rundir import MODEL, RunDir, Summary
-from tl_cli.strategies import Strategy, apply_strategy, check_extension, get_strategy
-from tl_cli.weights import create_backbone, save_network
+from tl_cli.data.features import cache_decision, cached_feature_splits
+from tl_cli.run.rundir import MODEL, RunDir, Summary
+from tl_cli.transfer import speed
+from tl_cli.transfer.callbacks import GracefulInterrupt, RngState, Throughput
+from tl_cli.transfer.network import TransferNet
+from tl_cli.transfer.strategies import Strategy, apply_strategy, check_extension, get_strategy
+from tl_cli.transfer.weights import create_backbone, save_network
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class TransferJob:
     net: TransferNet
     module: Any  # TransferModule
     datamodule: TransferDataModule
-    auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen (tl_cli/auto.py)
+    auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen (tl_cli/transfer/auto.py)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def build_job(cfg: DictConfig) -> TransferJob:
     check_config(cfg)
     auto = None
     if cfg.strategy.name == "auto":  # measure and choose; then build exactly what strategy=<chosen> builds
-        from tl_cli.auto import choose
+        from tl_cli.transfer.auto import choose
 
         cfg, auto = choose(cfg, backbone_kwargs(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -75,7 +75,7 @@ def build_job(cfg: DictConfig) -> TransferJob:
     apply_strategy(strategy, net)
     params = net.param_counts()
     log.info("strategy=%s backbone=%s weights=%s params=%s", strategy.name, cfg.model.backbone, source, params)
-    from tl_cli.module import TransferModule
+    from tl_cli.transfer.module import TransferModule
 
     module = TransferModule(
         net,
@@ -113,7 +113,7 @@ def make_trainer(
     loggers: list[Any],
     resuming: bool = False,
 ) -> tuple[L.Trainer, bool]:
-    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/speed.py) and the ddp
+    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/transfer/speed.py) and the ddp
     launch rule applied; returns it and whether inputs go channels_last."""
     args = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg)
     precision, use_channels_last, why = speed.resolve(
@@ -148,7 +148,7 @@ def to_channels_last(job: TransferJob) -> None:
 
 
 def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, channels_last: bool) -> bool:
-    """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/features.py)."""
+    """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/data/features.py)."""
     use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment)
     log.info("feature cache %s: %s", "on" if use_cache else "off", why)
     if not use_cache:

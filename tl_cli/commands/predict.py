@@ -18,8 +18,8 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
 from tl_cli.errors import TlcliError
-from tl_cli.runs import device_of, load_model, require
-from tl_cli.speed import resolve_workers
+from tl_cli.run.trained import device_of, load_model, require
+from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from tl_cli.errors import TlcliError, choose_from
-from tl_cli.rundir import LABELS, MODEL, PREPROCESS
-from tl_cli.runs import (
+from tl_cli.run.rundir import LABELS, MODEL, PREPROCESS
+from tl_cli.run.trained import (
     ARCH_KEY,
     TrainedModel,
     build_split,
@@ -120,7 +120,7 @@ def export_torchscript(model: TrainedModel, images: torch.Tensor, path: Path, cf
 
 
 def export_safetensors(model: TrainedModel, images: torch.Tensor, path: Path, cfg: DictConfig) -> None:
-    from tl_cli.weights import save_network
+    from tl_cli.transfer.weights import save_network
 
     save_network(model.net, path, {"format": "tlcli", **_metadata(model)})
 

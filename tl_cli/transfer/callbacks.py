@@ -18,8 +18,8 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from tl_cli import STARTED_AT
-from tl_cli.resume import Interrupted
-from tl_cli.rundir import LAST
+from tl_cli.run.resume import Interrupted
+from tl_cli.run.rundir import LAST
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from tl_cli.config import DataConfig
+from tl_cli.config.schema import DataConfig
 
 
 @dataclass
@@ -34,7 +34,7 @@ class PredictConfig:
     topk: int = 5
     output: str = "predictions.csv"
     batch_size: int = 64
-    num_workers: str = "auto"  # image decoding workers: auto (tl_cli/speed.py resolve_workers) or N
+    num_workers: str = "auto"  # image decoding workers: auto (tl_cli/transfer/speed.py resolve_workers) or N
     device: str = "auto"
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from tl_cli.errors import TlcliError, choose_from
-from tl_cli.runs import (
+from tl_cli.run.trained import (
     TrainedModel,
     build_split,
     device_of,
@@ -26,7 +26,7 @@ from tl_cli.runs import (
     run_data_config,
     run_seed,
 )
-from tl_cli.speed import resolve_workers
+from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import ConcatDataset, Dataset
 
 from tl_cli.errors import TlcliError
-from tl_cli.network import TransferNet
-from tl_cli.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
+from tl_cli.run.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
+from tl_cli.transfer.network import TransferNet
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def resolve(ckpt: str) -> tuple[Path | None, Path]:
 
 def architecture(config: DictConfig, num_classes: int) -> dict[str, Any]:
     """The network's shape from a train config: backbone, input, extension and head width."""
-    from tl_cli.weights import fixed_input_size
+    from tl_cli.transfer.weights import fixed_input_size
 
     def get(key: str, default: Any = None) -> Any:
         value = OmegaConf.select(config, key, default=default)
@@ -157,7 +157,7 @@ def build_net(arch: dict[str, Any]) -> TransferNet:
     """A randomly initialised TransferNet of this architecture (weights come from load_strict)."""
     import timm
 
-    from tl_cli.weights import check_backbone_name
+    from tl_cli.transfer.weights import check_backbone_name
 
     check_backbone_name(arch["backbone"])
     kwargs = dict(arch.get("kwargs") or {}, num_classes=0, in_chans=arch["in_chans"])
@@ -171,13 +171,13 @@ def build_net(arch: dict[str, Any]) -> TransferNet:
 
 def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Every key present with the right shape, nothing extra; otherwise an error naming the first offender."""
-    from tl_cli.weights import load_state_strict
+    from tl_cli.transfer.weights import load_state_strict
 
     load_state_strict(net, state, f"weights {source} do not fit the network its config describes")
 
 
 def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from tl_cli.weights import read_torch_file
+    from tl_cli.transfer.weights import read_torch_file
 
     ckpt = read_torch_file(path, "Lightning checkpoint", "pass a checkpoint written by tlcli train")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
@@ -190,7 +190,7 @@ def _read_lightning_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dic
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from tl_cli.weights import read_safetensors
+    from tl_cli.transfer.weights import read_safetensors
 
     return read_safetensors(path)
 
@@ -200,7 +200,7 @@ def _as_config(value: Any) -> DictConfig | None:
 
 
 def _run_config(run_dir: Path | None) -> DictConfig | None:
-    from tl_cli.auto import trained_config
+    from tl_cli.transfer.auto import trained_config
 
     path = run_dir / CONFIG if run_dir else None
     return trained_config(OmegaConf.load(path), run_dir) if path and path.is_file() else None  # type: ignore
@@ -252,7 +252,7 @@ def _describe(arch: dict[str, Any]) -> str:
 
 def run_data_config(model: TrainedModel) -> DictConfig | None:
     """The run's data config over today's schema defaults (a run from an older tlcli lacks newer keys)."""
-    from tl_cli.config import DataConfig
+    from tl_cli.config.schema import DataConfig
 
     if model.config is None or OmegaConf.select(model.config, "data") is None:
         return None

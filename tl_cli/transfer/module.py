@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from tl_cli.network import TransferNet
-from tl_cli.strategies import param_groups
+from tl_cli.transfer.network import TransferNet
+from tl_cli.transfer.strategies import param_groups
 
 
 class TransferModule(L.LightningModule):

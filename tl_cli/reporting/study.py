@@ -1,7 +1,7 @@
 """Transfer-study view of a sweep: per cell, each strategy at its val-selected LR, ties, auto's hit rate.
 
 A *cell* is one (dataset, backbone, source weights, samples per class). Within a cell, each strategy's
-learning rate is chosen on **val** accuracy by one rule (tl_cli/sweep.py `choose_lr`): the highest mean val
+learning rate is chosen on **val** accuracy by one rule (tl_cli/reporting/sweep.py `choose_lr`): the highest mean val
 accuracy over seeds; an exact tie goes to the smaller LR. Its test accuracy (mean ± std over seeds) is then
 what the strategy scores. The best strategy and those tied with it (within the pooled std, as in report.md)
 answer "which approach should I use here?". `strategy=auto` jobs in the same sweep are scored against that
@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tl_cli.sweep import Group, SweepJob, choose_lr, short, strategy_order, tied_with_best
+from tl_cli.reporting.sweep import Group, SweepJob, choose_lr, short, strategy_order, tied_with_best
 
 
 @dataclass

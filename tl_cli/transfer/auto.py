@@ -38,11 +38,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.errors import TlcliError
-from tl_cli.strategies import transfer_strategy
+from tl_cli.transfer.strategies import transfer_strategy
 
 log = logging.getLogger(__name__)
 
-# (large data, similar task) -> strategy, from tl_cli/strategies.py: large data trains the backbone too,
+# (large data, similar task) -> strategy, from tl_cli/transfer/strategies.py: large data trains the backbone too,
 # a dissimilar task adds new hidden layers
 TABLE = {
     (large, similar): transfer_strategy(train_backbone=large, extend=not similar).name
@@ -108,15 +108,15 @@ def check_settings(settings: DictConfig) -> None:
 
 def settings_of(cfg: DictConfig) -> DictConfig:
     """strategy.auto, or the schema defaults when strategy.name=auto was set without the auto preset."""
-    from tl_cli.config import AutoConfig
+    from tl_cli.config.schema import AutoConfig
 
     return cfg.strategy.auto if cfg.strategy.get("auto") is not None else OmegaConf.structured(AutoConfig)
 
 
 def preset(name: str) -> DictConfig:
     """configs/strategy/<name>.yaml over the schema defaults: the strategy block `strategy=<name>` composes."""
-    from tl_cli.config import StrategyConfig
-    from tl_cli.paths import config_dir
+    from tl_cli.config.paths import config_dir
+    from tl_cli.config.schema import StrategyConfig
 
     return OmegaConf.merge(
         OmegaConf.structured(StrategyConfig), OmegaConf.load(config_dir() / "strategy" / f"{name}.yaml")
@@ -166,7 +166,7 @@ def choose(cfg: DictConfig, backbone_kwargs: dict[str, Any]) -> tuple[DictConfig
 
 
 def _warn_ignored_overrides(cfg: DictConfig) -> None:
-    from tl_cli.config import StrategyConfig
+    from tl_cli.config.schema import StrategyConfig
 
     defaults = OmegaConf.structured(StrategyConfig)
     changed = [k for k in ("backbone_lr_mult", "extension") if cfg.strategy[k] != defaults[k]]
@@ -179,9 +179,9 @@ def _warn_ignored_overrides(cfg: DictConfig) -> None:
 def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, max_val: int) -> Figures:
     """Probe accuracy of source and random-init features (train -> val), and the smallest train class."""
     from tl_cli.data.datamodule import TransformedSubset, make_datamodule, resolve_data_config
-    from tl_cli.features import extract
-    from tl_cli.network import TransferNet
-    from tl_cli.weights import create_backbone
+    from tl_cli.data.features import extract
+    from tl_cli.transfer.network import TransferNet
+    from tl_cli.transfer.weights import create_backbone
 
     torch.manual_seed(cfg.seed)  # model.weights=null: the "source" is then this very random init
     source, _ = create_backbone(cfg.model.backbone, cfg.model.weights, **backbone_kwargs)
@@ -222,8 +222,9 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
 
 
 def _inference_setup(cfg: DictConfig) -> tuple[torch.device, Any, bool]:
-    """Device, autocast context and memory format of the training run (tl_cli/speed.py), for fast extraction."""
-    from tl_cli import speed
+    """Device, autocast context and memory format of the training run (tl_cli/transfer/speed.py), for fast
+    extraction."""
+    from tl_cli.transfer import speed
 
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     on_gpu = speed.uses_gpu(accelerator) and torch.cuda.is_available()
@@ -282,7 +283,7 @@ def subsample(labels: np.ndarray, cap: int, num_classes: int, seed: int, split: 
 
 def trained_config(config: DictConfig, run_dir: Path | None) -> DictConfig:
     """A run's saved config with the strategy that actually trained: for strategy=auto, its summary.json's."""
-    from tl_cli.rundir import RunDir
+    from tl_cli.run.rundir import RunDir
 
     if run_dir is None or OmegaConf.select(config, "strategy.name") != "auto":
         return config

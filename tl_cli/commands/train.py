@@ -1,4 +1,4 @@
-"""`tlcli train`: build the job from the config, fit, test, write the run directory (steps: tl_cli/training.py)."""
+"""`tlcli train`: build the job from the config, fit, test, write the run directory (steps: tl_cli/run/training.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tl_cli.config_checks import instantiate_group
+from tl_cli.config.checks import instantiate_group
 from tl_cli.errors import choose_from
-from tl_cli.resume import mark_started, resume_state
-from tl_cli.rundir import RunDir
-from tl_cli.training import (
+from tl_cli.run.resume import mark_started, resume_state
+from tl_cli.run.rundir import RunDir
+from tl_cli.run.training import (
     attach_feature_cache,
     build_job,
     fit_and_test,

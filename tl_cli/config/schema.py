@@ -25,7 +25,7 @@ class ExtensionConfig:
 
 @dataclass
 class AutoConfig:
-    """strategy=auto: thresholds of the rule in tl_cli/auto.py (defaults and their reasons: README)."""
+    """strategy=auto: thresholds of the rule in tl_cli/transfer/auto.py (defaults and their reasons: README)."""
 
     large_min_per_class: int = 100  # large data: the smallest class has at least this many train samples
     min_gain: float = 0.02  # probe accuracy of source minus random features below this: scratch
@@ -60,7 +60,7 @@ class DataConfig:
     root: str | None = None
     batch_size: int = 64
     eval_batch_size: int | None = None
-    num_workers: str = "auto"  # auto | N: DataLoader worker processes (auto: tl_cli/speed.py resolve_workers)
+    num_workers: str = "auto"  # auto | N: DataLoader worker processes (auto: tl_cli/transfer/speed.py resolve_workers)
     samples_per_class: int | None = None  # seeded, class-balanced few-shot train subset
     min_samples_per_epoch: int | None = None  # a smaller train set is reshuffled and repeated up to this per epoch
     classes: list[Any] | None = None  # keep only these classes (names or indices)

@@ -1,0 +1,83 @@
+"""The package layout shows the data flow: no import cycles, commands import the rest and nothing imports them,
+and functions stay short enough to read."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "tl_cli"
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> dict[str, ast.Module]:
+    modules = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = ast.parse(path.read_text(), str(path))
+    return modules
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """tl_cli modules `name` imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tl_cli"):
+            found |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
+            if node.module in known and not any(f"{node.module}.{a.name}" in known for a in node.names):
+                found.add(node.module)
+    return found - {name}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    known = set(modules)
+    return {name: _imports(name, tree, known) for name, tree in modules.items()}
+
+
+def test_no_import_cycles() -> None:
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycles.append(path[path.index(dep) :] + [dep])
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_nothing_imports_the_commands() -> None:
+    graph = _graph()
+    offenders = {m: sorted(d for d in deps if d.startswith("tl_cli.commands.")) for m, deps in graph.items()}
+    # cli.py dispatches to them by name (importlib), so it needs no import either
+    offenders = {m: d for m, d in offenders.items() if d and not m.startswith("tl_cli.commands.")}
+    assert not offenders, offenders
+    commands = {m for m in graph if m.startswith("tl_cli.commands.")} - {"tl_cli.commands"}
+    assert commands >= {f"tl_cli.commands.{c}" for c in ("train", "evaluate", "predict", "export", "report")}
+    for command in commands:  # and commands do not lean on each other either
+        assert not {d for d in graph[command] if d.startswith("tl_cli.commands.")}, command
+
+
+def test_functions_are_short_or_say_why() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(source))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                body = "\n".join(source[node.lineno - 1 : node.end_lineno])
+                if length > MAX_FUNCTION_LINES and "# long:" not in body:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long

@@ -1,0 +1,1 @@
+"""The commands (`tlcli train|eval|predict|export`): thin; they call the rest, nothing imports them."""

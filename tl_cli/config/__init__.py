@@ -1,0 +1,1 @@
+"""Configuration: the structured-config schemas, their checks, and where configs live."""

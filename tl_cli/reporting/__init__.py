@@ -1,0 +1,1 @@
+"""Reading sweeps: the sweep model, report.md/csv/png and the transfer-study view."""

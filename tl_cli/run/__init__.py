@@ -1,0 +1,1 @@
+"""A training run: its directory, the steps that train one, resume, and loading a trained run."""

@@ -1,0 +1,1 @@
+"""The transfer itself: network, strategies, source weights, LightningModule, callbacks, speed rules, auto."""

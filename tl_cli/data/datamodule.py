@@ -66,9 +66,9 @@ def make_datamodule(cfg, data_config: dict[str, Any], seed: int, trainer_cfg=Non
     (train, strategy=auto's probe, eval, predict and export all come here)."""
     from tl_cli.transfer.speed import processes_sharing_cores
 
-    accelerator = str(trainer_cfg.get("accelerator", "auto")) if trainer_cfg is not None else "auto"
-    devices = processes_sharing_cores(trainer_cfg.get("devices", 1)) if trainer_cfg is not None else 1
-    datamodule = TransferDataModule(cfg, data_config, seed, accelerator, devices)
+    trainer_cfg = trainer_cfg or {}
+    devices = processes_sharing_cores(trainer_cfg.get("devices", 1))
+    datamodule = TransferDataModule(cfg, data_config, seed, str(trainer_cfg.get("accelerator", "auto")), devices)
     datamodule.prepare_splits()
     return datamodule
 

@@ -30,7 +30,7 @@ def resume_args(args: list[str]) -> list[str]:
         raise TlcliError(f"resume={value} has no {LAST} to resume from; start a new run instead")
     rest = [a for a in args if not a.startswith("resume=")]
     return [
-        "--config-path", str(run / ".hydra"), "--config-name", "config",
+        "--config-path", str(run / CONFIG.parent), "--config-name", "config",
         f"hydra.run.dir={run}", "hydra.output_subdir=null", "hydra.job.name=train", f"++resume={run}", *rest,
     ]  # fmt: skip
 

@@ -26,7 +26,7 @@ CONFIG_SHA = CHECKPOINTS / "config.sha"  # identity of the config an unfinished 
 
 @dataclass
 class Summary:
-    """summary.json: what a finished run did and measured. Unknown keys of newer runs are kept in `extra`."""
+    """summary.json: what a finished run did and measured (written by tlcli train; readers take the dict)."""
 
     strategy: str  # "auto" for strategy=auto; what it chose: strategy_auto["chosen"]
     backbone: str
@@ -52,19 +52,12 @@ class Summary:
     feature_cache: bool | None = None
     seconds_to_first_step: float | None = None
     strategy_auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Summary:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in data.items() if k in names}
-        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data = dataclasses.asdict(self)
         if data["strategy_auto"] is None:
             del data["strategy_auto"]
-        return {**data, **self.extra}
+        return data
 
 
 @dataclass(frozen=True)
@@ -95,10 +88,6 @@ class RunDir:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
-
-    def summary(self) -> Summary | None:
-        data = self.read_summary()
-        return Summary.from_dict(data) if data is not None else None
 
     def write_summary(self, summary: Summary) -> Path:
         self.summary_file.write_text(json.dumps(summary.to_dict(), indent=2))

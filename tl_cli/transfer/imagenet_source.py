@@ -58,10 +58,9 @@ def read_source(path: Path) -> dict[str, torch.Tensor]:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != SOURCE_SHA256:
         raise TlcliError(f"{path} has sha256 {digest[:16]}..., expected {SOURCE_SHA256[:16]}...; reinstall {PACKAGE}")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as ex:  # weights_only refuses anything but tensors and plain containers
-        raise TlcliError(f"refusing to load {path}: {one_line(str(ex))[:160]}") from None
+    from tl_cli.transfer.weights import read_torch_file
+
+    state = read_torch_file(path)  # weights_only: tensors and plain containers, never a pickle payload
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise TlcliError(f"{path} is not a state dict of tensors")
     return state

@@ -130,6 +130,22 @@ def test_synthetic_is_seeded() -> None:
     assert len(a.splits["train"]) == 128 and a.num_classes == 4
 
 
+@pytest.mark.parametrize(
+    ("min_steps", "epochs", "accumulate", "batches"), [(40, 4, 1, 10), (41, 4, 1, 11), (40, 4, 2, 20), (0, 4, 1, 2)]
+)
+def test_min_steps_gives_a_small_set_enough_optimizer_steps(min_steps, epochs, accumulate, batches) -> None:
+    """optim.min_steps over trainer.max_epochs: a 10-image set (2 batches of 8) repeats to >= min_steps steps."""
+    from tl_cli.run.training import min_train_batches
+
+    overrides = ["data=digits", "data.samples_per_class=1", "data.batch_size=8", f"optim.min_steps={min_steps}"]
+    overrides += [f"trainer.max_epochs={epochs}", f"+trainer.accumulate_grad_batches={accumulate}"]
+    cfg = compose(["model=tiny", "model.in_chans=1", *overrides])
+    dm = datamodule(overrides)
+    dm.min_train_batches = min_train_batches(cfg)
+    assert len(dm.train_dataloader()) == batches
+    assert epochs * batches // accumulate >= min_steps
+
+
 def test_min_samples_per_epoch_repeats_a_few_shot_set() -> None:
     """Each epoch draws at least min_samples_per_epoch samples: every image, reshuffled, several times over."""
     dm = datamodule(["data=digits", "data.samples_per_class=1", "data.min_samples_per_epoch=45", "data.batch_size=8"])

@@ -89,6 +89,9 @@ class OptimConfig:
     scheduler: str = "cosine"  # cosine | constant
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    # at least this many optimizer steps per run: a small train set is reshuffled and repeated within each
+    # epoch until max_epochs x steps per epoch reaches it (0 = off); few-shot runs otherwise stop at ~30 steps
+    min_steps: int = 300
 
 
 @dataclass

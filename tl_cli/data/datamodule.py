@@ -137,6 +137,7 @@ class TransferDataModule(L.LightningDataModule):
         self.splits: dict[str, TransformedSubset] = {}
         self.features: dict[str, Dataset] = {}  # set by use_features(): cached backbone outputs per split
         self.notes: dict[str, str] = {}
+        self.min_train_batches = 0  # set by the training run: optim.min_steps spread over its epochs
 
     @property
     def num_classes(self) -> int:
@@ -209,8 +210,7 @@ class TransferDataModule(L.LightningDataModule):
             batch_size = max(batch_size, 1024)  # evaluation on features
         if images and not self.cfg.eval_batch_size:
             batch_size = extraction_batch_size(batch_size, self.data_config["input_size"])
-        # few-shot sets: repeat (each pass reshuffled) so an epoch gives a real number of optimizer steps
-        epoch_size = max(len(dataset), self.cfg.min_samples_per_epoch or 0) if train else len(dataset)
+        epoch_size = self.train_epoch_size(batch_size) if train else len(dataset)
         # a last batch of one sample breaks BatchNorm in training; drop only that case
         drop_last = train and epoch_size % batch_size == 1
         # the same random order whether images or cached features are served, so results do not change
@@ -227,6 +227,12 @@ class TransferDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def train_epoch_size(self, batch_size: int) -> int:
+        """Samples drawn per training epoch. Few-shot sets repeat (each pass reshuffled) up to
+        data.min_samples_per_epoch and to `min_train_batches` batches, so a run gets a real number of steps."""
+        size = len(self.splits["train"])
+        return max(size, self.cfg.min_samples_per_epoch or 0, self.min_train_batches * batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

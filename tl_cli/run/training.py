@@ -4,6 +4,7 @@ the run directory. `tlcli train` chains them; strategy=auto and the benchmarks r
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,8 @@ def build_job(cfg: DictConfig) -> TransferJob:
     backbone, source = create_backbone(cfg.model.backbone, _source_weights(cfg, strategy), **backbone_kwargs(cfg))
     data_config = resolve_data_config(backbone, cfg.data, cfg.model.in_chans, cfg.model.img_size)
     datamodule = make_datamodule(cfg.data, data_config, cfg.seed, cfg.trainer)
+    datamodule.min_train_batches = min_train_batches(cfg)
+    _log_repeats(datamodule, cfg)
     net = TransferNet(backbone, datamodule.num_classes, list(ext.hidden_dims), ext.activation, ext.norm, ext.dropout)
     apply_strategy(strategy, net)
     params = net.param_counts()
@@ -86,6 +89,28 @@ def build_job(cfg: DictConfig) -> TransferJob:
         config=OmegaConf.to_container(cfg, resolve=False),
     )
     return TransferJob(strategy, source, net, module, datamodule, auto)
+
+
+def min_train_batches(cfg: DictConfig) -> int:
+    """Batches per epoch that give optim.min_steps optimizer steps over trainer.max_epochs (0: no minimum)."""
+    epochs = cfg.trainer.get("max_epochs") or 0
+    if not cfg.optim.min_steps or epochs <= 0:
+        return 0
+    return math.ceil(cfg.optim.min_steps / epochs) * int(cfg.trainer.get("accumulate_grad_batches") or 1)
+
+
+def _log_repeats(datamodule: TransferDataModule, cfg: DictConfig) -> None:
+    size, epoch = len(datamodule.splits["train"]), datamodule.train_epoch_size(cfg.data.batch_size)
+    if epoch > size:
+        log.info(
+            "train set: %d images, repeated to %d per epoch (optim.min_steps=%d over %d epochs, "
+            "data.min_samples_per_epoch=%s)",
+            size,
+            epoch,
+            cfg.optim.min_steps,
+            cfg.trainer.max_epochs,
+            cfg.data.min_samples_per_epoch,
+        )
 
 
 def _source_weights(cfg: DictConfig, strategy: Strategy) -> str | None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -42,3 +45,20 @@ def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> N
     study_md = (sweep / "study.md").read_text()
     assert "auto hit rate:" in study_md and "lr 0.0" in study_md
     assert (sweep / "study.png").stat().st_size > 20_000
+
+    probe = subprocess.run(
+        [sys.executable, "-m", "tl_cli.reporting.probe_check", str(sweep)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TLCLI_OUTPUT_DIR": str(tmp_path / "outputs")},
+        cwd=tmp_path,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    checked = list(csv.DictReader(open(sweep / "probe_check.csv")))
+    assert len(checked) == 2 * 2 * 2  # frozen strategies x cells x seeds, at each one's chosen LR
+    for row in checked:
+        chosen = next(
+            r for r in rows if r["strategy"] == row["strategy"] and r["samples_per_class"] == row["samples_per_class"]
+        )
+        assert float(row["lr"]) == float(chosen["lr"]) and 0 <= float(row["probe_test_acc"]) <= 1
+        assert float(row["probe_c"]) in (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)

@@ -77,6 +77,39 @@ def test_an_exact_val_tie_goes_to_the_smaller_lr(tmp_path: Path) -> None:
     assert "an exact tie goes to the smaller LR" in (tmp_path / "study.md").read_text()
 
 
+def test_seeds_added_at_the_chosen_lr_do_not_change_the_choice(tmp_path: Path) -> None:
+    """LR search on seed 0, then seeds 1 and 2 at the chosen LR only: the choice is made on the seeds every LR
+    ran, so poor extra seeds cannot hand it to another LR; the reported stats cover all seeds of the chosen LR."""
+    write_job(tmp_path, "a0", "finetune", 0.01, 0, val=0.90, test=0.80)
+    write_job(tmp_path, "b0", "finetune", 0.03, 0, val=0.85, test=0.90)
+    for seed in (1, 2):  # the chosen LR's later seeds score worse on val than the other LR's seed 0
+        write_job(tmp_path, f"a{seed}", "finetune", 0.01, seed, val=0.70, test=0.70)
+    jobs = load_jobs(tmp_path)
+    groups = group_jobs(jobs)
+    assert choose_lr(groups).key.lr == 0.01  # over all seeds 0.01 would lose: mean val 0.767 < 0.85
+    (cell,) = build_cells(groups, jobs)
+    assert cell.choices["finetune"].lr == 0.01 and cell.choices["finetune"].test[2] == 3
+
+
+def test_more_seeds_reruns_only_each_strategys_chosen_lr(tmp_path: Path) -> None:
+    from tl_cli.reporting.more_seeds import commands
+
+    for name, strategy, lr, val in (
+        ("a", "finetune", 0.01, 0.9),
+        ("b", "finetune", 0.03, 0.8),
+        ("c", "freeze", 0.1, 0.7),
+    ):
+        write_job(tmp_path, name, strategy, lr, 0, val=val, test=0.5)
+        overrides = [f"strategy={strategy}", f"optim.lr={lr}", "seed=0", "experiment=study_smoke"]
+        (tmp_path / name / ".hydra/overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    write_job(tmp_path, "c1", "freeze", 0.1, 1, val=0.7, test=0.5)  # freeze already has seed 1
+    runs = sorted(commands(tmp_path, [1, 2]))
+    assert runs == [
+        ["train", "-m", "strategy=finetune", "optim.lr=0.01", "experiment=study_smoke", "seed=1,2"],
+        ["train", "-m", "strategy=freeze", "optim.lr=0.1", "experiment=study_smoke", "seed=2"],
+    ]
+
+
 def test_a_sweep_without_lr_or_few_shot_axis_writes_no_study(tmp_path: Path) -> None:
     write_job(tmp_path, "0", "freeze", 0.01, 0, 0.8, 0.8)
     write_job(tmp_path, "1", "finetune", 0.01, 0, 0.9, 0.9)

@@ -7,8 +7,10 @@ dataset, samples_per_class, lr). The statistics over seeds and the two decision 
 - **Tie with best** (`tied_with_best`): a group ties with the best one when the difference of their means is
   within one pooled sample std over seeds; with one run in each group only an equal mean ties.
 - **LR choice** (`choose_lr`): among the groups of one strategy in one cell (same data, backbone, source and
-  samples per class), the learning rate is the one with the highest mean **val** accuracy over seeds (never
-  test); an exact tie goes to the smaller LR, the conservative choice that keeps more of the source's features.
+  samples per class), the learning rate is the one with the highest mean **val** accuracy over the seeds that
+  every LR ran (never test); an exact tie goes to the smaller LR, the conservative choice that keeps more of the
+  source's features. The study searches the LR on seed 0 and then adds seeds at the chosen LR only
+  (tl_cli/reporting/more_seeds.py): those added seeds do not change the choice.
   Means are `statistics.fmean` (an exactly rounded sum), so a tie does not depend on the order of the jobs.
   Exact ties happen: accuracies on small val splits take few values, and bf16 numerics differ between CPUs,
   so a rule that broke ties by position would pick different LRs on different machines.
@@ -84,6 +86,14 @@ class Group:
         values = [v for v in (j.metric(name) for j in self.jobs) if v is not None]
         mean = statistics.fmean(values) if values else None
         return mean, statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+    def seeds(self) -> set[Any]:
+        return {j.summary.get("seed") for j in self.jobs if j.summary}
+
+    def val_over(self, seeds: set[Any]) -> float | None:
+        """Mean val acc over the jobs of these seeds."""
+        values = [v for j in self.jobs if j.summary.get("seed") in seeds and (v := j.metric("val/acc")) is not None]
+        return statistics.fmean(values) if values else None
 
     def mean_of(self, key: str) -> float | None:
         values = [float(j.summary[key]) for j in self.jobs if j.summary and j.summary.get(key) is not None]
@@ -168,14 +178,16 @@ def _pooled(s1: float, n1: int, s2: float, n2: int) -> float:
 
 
 def choose_lr(candidates: list[Group]) -> Group:
-    """The LR choice rule: the group with the highest mean val acc over seeds; an exact tie goes to the smaller LR.
+    """The LR choice rule: the group with the highest mean val acc over the seeds all candidates ran; an exact
+    tie goes to the smaller LR.
 
     `candidates` are one strategy's groups in one cell (they differ only by LR). A group without val acc
     ranks last; a group without an LR (optim.lr not recorded) after every LR.
     """
+    common = set.intersection(*(g.seeds() for g in candidates))
 
     def rank(g: Group) -> tuple[float, float]:
-        val, lr = g.stat("val/acc")[0], g.key.lr
+        val, lr = g.val_over(common) if common else g.stat("val/acc")[0], g.key.lr
         return (-val if val is not None else math.inf, lr if lr is not None else math.inf)
 
     return min(candidates, key=rank)

@@ -172,6 +172,11 @@ def to_channels_last(job: TransferJob) -> None:
     job.module.channels_last = True
 
 
+def feature_cache_extra(cfg: DictConfig) -> dict[str, Any]:
+    """What the feature cache key holds besides the backbone's tensors, the transform and the samples."""
+    return {"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root}
+
+
 def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, channels_last: bool) -> bool:
     """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/data/features.py)."""
     use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment)
@@ -185,7 +190,7 @@ def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, 
         device,
         trainer.precision_plugin.forward_context,
         cfg.data.feature_cache_dir,
-        extra={"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root},
+        extra=feature_cache_extra(cfg),
         channels_last=channels_last,
     )
     job.datamodule.use_features(features)

@@ -57,8 +57,13 @@ def describe(ex: BaseException) -> tuple[str, int]:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
+    from tl_cli.extras import missing_extra
+
     if isinstance(ex, TlcliError):
         return one_line(str(ex)), getattr(ex, "exit_code", EXIT_USAGE)
+    extra = missing_extra(ex)  # a feature whose pip extra is not installed (tl_cli/extras.py)
+    if extra:
+        return one_line(extra), EXIT_USAGE
     if isinstance(ex, MissingConfigException):
         missing = ex.missing_cfg_file or ""
         if "/" in missing and ex.options:

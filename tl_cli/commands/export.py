@@ -16,6 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.extras import ONNX
+from tl_cli.extras import require as require_extra
 from tl_cli.run.rundir import LABELS, MODEL, PREPROCESS
 from tl_cli.run.trained import (
     ARCH_KEY,
@@ -40,6 +42,8 @@ def main(cfg: DictConfig) -> str:
     require(cfg, ("ckpt",), USAGE)
     if cfg.format not in FILES:
         raise choose_from("format", cfg.format, FILES)
+    if cfg.format == "onnx":  # before any work: the onnx packages are the `export` extra
+        require_extra(ONNX)
     if cfg.check_images < 1:
         raise TlcliError(f"check_images={cfg.check_images} must be at least 1")
     model = load_model(cfg.ckpt)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from tl_cli.config.checks import instantiate_group
 from tl_cli.errors import choose_from
+from tl_cli.extras import require_targets
 from tl_cli.run.resume import mark_started, resume_state
 from tl_cli.run.rundir import RunDir
 from tl_cli.run.training import (
@@ -106,6 +107,7 @@ def quiet_framework_noise() -> None:
 
 
 def main(cfg: DictConfig) -> float:
+    require_targets(cfg.logger)  # logger=tensorboard without its extra: one line before any work
     quiet_framework_noise()
     torch.set_float32_matmul_precision("high")
     return train(cfg)

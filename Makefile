@@ -52,25 +52,35 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_cache
 	$(PY) -m benchmarks.bench_memory
 
-# Transfer study (README "Transfer study"): the sources it needs, then each target:backbone sweep, its
-# strategy=auto picks and its report (study.md/csv/png) in $(OUT)/study/<target>_<backbone>. Steps print wall times.
+# Transfer study (docs/study.md), protocol v2: for each preset:backbone, stage 1 (every strategy x 5 LRs on seed 0),
+# stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc), the report, the frozen heads' probe check,
+# then the evidence is copied to docs/study/<sweep>/ and docs/study.md's tables are regenerated from it.
 OUT          ?= $${TLCLI_OUTPUT_DIR:-outputs}
-STUDY_RUNS   ?= fashion5:test_resnet fashion5:resnet10t digits:test_resnet
+STUDY_RUNS   ?= in1k_fashion:efficientnet_lite0 fashion5:test_resnet digits:test_resnet
 
 study-sources: install fashion-mnist
-	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; s=$$([ $$t = digits ] && echo broad || echo narrow); \
+	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; [ $$t = in1k_fashion ] && continue; \
+	  s=$$([ $$t = digits ] && echo broad || echo narrow); \
 	  [ -f $(OUT)/study/sources/$${s}_$$b/model.safetensors ] && continue; \
 	  /usr/bin/time -f "study_source_$$s $$b: %e s" $(TLCLI) train experiment=study_source_$$s model.backbone=$$b \
 	    +trainer.enable_progress_bar=false callbacks.progress_bar=null || exit 1; \
 	done
+	@[ -f $(OUT)/sources/efficientnet_lite0_in1k.safetensors ] || $(MAKE) imagenet-source
 
 study: study-sources
-	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; \
-	  /usr/bin/time -f "study_$$t $$b: %e s" $(TLCLI) train -m experiment=study_$$t model.backbone=$$b || exit 1; \
-	  /usr/bin/time -f "study_$$t $$b auto: %e s" $(TLCLI) train -m experiment=study_$$t model.backbone=$$b \
-	    strategy=auto optim.lr=0.01 || exit 1; \
-	  $(TLCLI) report $(OUT)/study/$${t}_$$b || exit 1; \
+	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; dir=$(OUT)/study/$${t}_$$b; \
+	  mkdir -p docs/study/$${t}_$$b; times=docs/study/$${t}_$$b/wall_times.txt; : > $$times; \
+	  /usr/bin/time -a -o $$times -f "stage 1 (5 LRs x seed 0): %e s" \
+	    $(TLCLI) train -m experiment=study_$$t model.backbone=$$b || exit 1; \
+	  /usr/bin/time -a -o $$times -f "stage 2 (seeds 1, 2 at the chosen LRs): %e s" \
+	    $(PY) -m tl_cli.reporting.more_seeds $$dir 1,2 || exit 1; \
+	  /usr/bin/time -a -o $$times -f "strategy=auto, seeds 0-2: %e s" $(TLCLI) train -m experiment=study_$$t \
+	    model.backbone=$$b strategy=auto optim.lr=0.01 seed=0,1,2 || exit 1; \
+	  $(TLCLI) report $$dir || exit 1; \
+	  /usr/bin/time -a -o $$times -f "probe check: %e s" $(PY) -m tl_cli.reporting.probe_check $$dir || exit 1; \
+	  cp $$dir/study.csv $$dir/study.md $$dir/study.png $$dir/report.csv $$dir/probe_check.csv docs/study/$${t}_$$b/; \
 	done
+	$(PY) -m tl_cli.reporting.study_doc docs/study.md
 
 study-smoke: install
 	$(TLCLI) train -m experiment=study_smoke

@@ -115,3 +115,24 @@ def test_a_sweep_without_lr_or_few_shot_axis_writes_no_study(tmp_path: Path) -> 
     write_job(tmp_path, "1", "finetune", 0.01, 0, 0.9, 0.9)
     make_report(str(tmp_path))
     assert (tmp_path / "report.md").is_file() and not (tmp_path / "study.md").exists()
+
+
+def test_study_doc_tables_come_from_the_committed_csvs(tmp_path: Path) -> None:
+    """docs/study.md's generated part is rebuilt from docs/study/<sweep>/*.csv; --check fails when it drifts."""
+    from tl_cli.reporting.study_doc import BEGIN, END, update
+
+    sweep = tmp_path / "study" / "cell"
+    for seed in (0, 1):
+        write_job(sweep, f"f1_{seed}", "freeze", 0.01, seed, val=0.80, test=0.70 + seed * 0.04)
+        write_job(sweep, f"f2_{seed}", "freeze", 0.1, seed, val=0.60, test=0.95)
+        write_job(sweep, f"ft_{seed}", "finetune", 0.03, seed, val=0.9, test=0.80)
+    make_report(str(sweep))
+    doc = tmp_path / "study.md"
+    doc.write_text(f"# Study\n\nhand-written\n\n{BEGIN}\nstale\n{END}\n\nmore prose\n")
+    assert update(doc, check=True) is False
+    update(doc, check=False)
+    text = doc.read_text()
+    assert update(doc, check=True) is True and "hand-written" in text and "more prose" in text and "stale" not in text
+    assert "| 5 | 0.720 ± 0.028<br>lr 0.01 (n=2) | **0.800 ± 0.000**<br>lr 0.03 (n=2) |" in text
+    assert "| 5 | freeze | **0.800** | - | 0.600 |\n| 5 | finetune | - | **0.900** | - |" in text  # seed 0, by LR
+    assert "Chosen LRs at an edge of the grid: **2 of 2**" in text

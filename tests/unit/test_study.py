@@ -136,3 +136,12 @@ def test_study_doc_tables_come_from_the_committed_csvs(tmp_path: Path) -> None:
     assert "| 5 | 0.720 ± 0.028<br>lr 0.01 (n=2) | **0.800 ± 0.000**<br>lr 0.03 (n=2) |" in text
     assert "| 5 | freeze | **0.800** | - | 0.600 |\n| 5 | finetune | - | **0.900** | - |" in text  # seed 0, by LR
     assert "Chosen LRs at an edge of the grid: **2 of 2**" in text
+
+
+def test_committed_study_doc_matches_the_committed_evidence() -> None:
+    """docs/study.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc after a study)."""
+    from tl_cli.reporting.study_doc import update
+
+    assert update(Path(__file__).parents[2] / "docs" / "study.md", check=True), (
+        "docs/study.md is out of date: python -m tl_cli.reporting.study_doc docs/study.md"
+    )

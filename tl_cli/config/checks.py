@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.transfer import speed
+from tl_cli.transfer.strategies import get_strategy
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
@@ -29,7 +30,21 @@ def check_config(cfg: DictConfig) -> None:
         raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
     if cfg.optim.min_steps < 0:
         raise TlcliError(f"optim.min_steps={cfg.optim.min_steps} must be >= 0 (0 = no minimum)")
+    check_finetune_options(cfg)
     check_trainer_keys(cfg.trainer)
+
+
+def check_finetune_options(cfg: DictConfig) -> None:
+    """optim.layer_decay (`.get`: a resumed run's config may predate it)."""
+    layer_decay = cfg.optim.get("layer_decay")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise TlcliError(f"optim.layer_decay={layer_decay} must be in (0, 1], e.g. 0.75 (null = off)")
+    # auto decides later; layer decay then applies if it picks a strategy that trains the backbone
+    if layer_decay is not None and cfg.strategy.name != "auto" and not get_strategy(cfg.strategy.name).train_backbone:
+        raise TlcliError(
+            f"optim.layer_decay={layer_decay} has no effect with strategy={cfg.strategy.name}: the backbone is frozen; "
+            f"use strategy=finetune or extend_finetune, or optim.layer_decay=null"
+        )
 
 
 def check_trainer_keys(trainer: DictConfig) -> None:

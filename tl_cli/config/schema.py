@@ -92,6 +92,10 @@ class OptimConfig:
     # at least this many optimizer steps per run: a small train set is reshuffled and repeated within each
     # epoch until max_epochs x steps per epoch reaches it (0 = off); few-shot runs otherwise stop at ~30 steps
     min_steps: int = 300
+    # layer-wise LR decay (timm's param_groups_layer_decay, layers from the backbone's group_matcher): backbone
+    # layer i trains at lr x strategy.backbone_lr_mult x layer_decay^(last - i); in (0, 1], null = off.
+    # Backbone-training strategies only (finetune, extend_finetune, scratch).
+    layer_decay: float | None = None
 
 
 @dataclass

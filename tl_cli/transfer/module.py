@@ -112,7 +112,8 @@ class TransferModule(L.LightningModule):
         from timm.optim import create_optimizer_v2
 
         o = self.optim
-        groups = param_groups(self.net, o["lr"], self.backbone_lr_mult, o["weight_decay"])
+        layer_decay = o.get("layer_decay")  # .get: checkpoints from before the key existed lack it
+        groups = param_groups(self.net, o["lr"], self.backbone_lr_mult, o["weight_decay"], layer_decay)
         extra = {"momentum": o["momentum"]} if o["name"].lower() in ("sgd", "momentum", "nesterov") else {}
         optimizer = create_optimizer_v2(groups, opt=o["name"], lr=o["lr"], weight_decay=o["weight_decay"], **extra)
         if o.get("scheduler", "cosine") == "constant":

@@ -1,4 +1,5 @@
-"""Layer-wise LR decay (issue 15) on real timm models and real optimizer groups: per-layer LRs."""
+"""Layer-wise LR decay and weight EMA (issue 15) on real timm models and real optimizer groups: per-layer LRs and
+the EMA update rule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from timm.models import group_parameters
 
 from tl_cli.errors import TlcliError
+from tl_cli.transfer.callbacks import _ema_update
 from tl_cli.transfer.module import TransferModule
 from tl_cli.transfer.network import TransferNet
 
@@ -70,12 +72,25 @@ def test_layer_decay_one_is_the_plain_groups() -> None:
     assert _lr_of(_optimizer(net, 1.0)) == _lr_of(_optimizer(net, None))
 
 
+def test_ema_update_lerps_floats_keeps_constants_bit_identical_and_copies_integer_buffers() -> None:
+    torch.manual_seed(0)
+    frozen = torch.randn(1000)
+    ema, current = [frozen.clone(), torch.zeros(3)], [frozen, torch.ones(3)]
+    for _ in range(50):  # EMA of a constant: exactly the constant, every step
+        _ema_update(ema, current, torch.tensor(1), decay=0.999)
+    assert torch.equal(ema[0], frozen)
+    assert torch.allclose(ema[1], torch.full((3,), 1 - 0.999**50))
+    counts = [torch.tensor(5)]  # BatchNorm's num_batches_tracked: copied, as timm's ModelEmaV3 does
+    _ema_update(counts, [torch.tensor(9)], torch.tensor(1), decay=0.999)
+    assert counts[0].item() == 9
+
+
 @pytest.mark.parametrize("strategy", ["finetune", "extend_finetune", "scratch", "auto", "extend_freeze"])
 def test_layer_decay_is_refused_only_where_the_backbone_is_frozen(strategy: str) -> None:
     from tests.conftest import compose
     from tl_cli.config.checks import check_config
 
-    cfg = compose([f"strategy={strategy}", "optim.layer_decay=0.75"])
+    cfg = compose([f"strategy={strategy}", "optim.layer_decay=0.75", "optim.ema_decay=0.999"])
     if strategy == "extend_freeze":  # auto decides later: layer decay applies if it picks a training backbone
         with pytest.raises(TlcliError, match="no effect with strategy=extend_freeze"):
             check_config(cfg)

@@ -35,8 +35,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_finetune_options(cfg: DictConfig) -> None:
-    """optim.layer_decay (`.get`: a resumed run's config may predate it)."""
-    layer_decay = cfg.optim.get("layer_decay")
+    """optim.layer_decay and optim.ema_decay (`.get`: a resumed run's config may predate them)."""
+    layer_decay, ema_decay = cfg.optim.get("layer_decay"), cfg.optim.get("ema_decay")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise TlcliError(f"optim.layer_decay={layer_decay} must be in (0, 1], e.g. 0.75 (null = off)")
     # auto decides later; layer decay then applies if it picks a strategy that trains the backbone
@@ -45,6 +45,8 @@ def check_finetune_options(cfg: DictConfig) -> None:
             f"optim.layer_decay={layer_decay} has no effect with strategy={cfg.strategy.name}: the backbone is frozen; "
             f"use strategy=finetune or extend_finetune, or optim.layer_decay=null"
         )
+    if ema_decay is not None and not 0 < ema_decay < 1:
+        raise TlcliError(f"optim.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999 (null = off)")
 
 
 def check_trainer_keys(trainer: DictConfig) -> None:

@@ -96,6 +96,9 @@ class OptimConfig:
     # layer i trains at lr x strategy.backbone_lr_mult x layer_decay^(last - i); in (0, 1], null = off.
     # Backbone-training strategies only (finetune, extend_finetune, scratch).
     layer_decay: float | None = None
+    # EMA of the weights, updated every optimizer step (lerp as timm's ModelEmaV3); val, test, the checkpoints'
+    # state_dict and model.safetensors use the average; in (0, 1), e.g. 0.999; null = off
+    ema_decay: float | None = None
 
 
 @dataclass

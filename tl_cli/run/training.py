@@ -19,7 +19,7 @@ from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_
 from tl_cli.data.features import cache_decision, cached_feature_splits
 from tl_cli.run.rundir import MODEL, RunDir, Summary
 from tl_cli.transfer import speed
-from tl_cli.transfer.callbacks import GracefulInterrupt, RngState, Throughput
+from tl_cli.transfer.callbacks import GracefulInterrupt, RngState, Throughput, WeightEma
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import Strategy, apply_strategy, check_extension, get_strategy
 from tl_cli.transfer.weights import create_backbone, save_network
@@ -125,9 +125,12 @@ def _source_weights(cfg: DictConfig, strategy: Strategy) -> str | None:
 
 
 def run_callbacks(cfg: DictConfig, out: Path) -> tuple[list[L.Callback], Throughput]:
-    """The configured callbacks plus tlcli's own (throughput, RNG state, graceful Ctrl-C)."""
+    """The configured callbacks plus tlcli's own (throughput, RNG state, weight EMA, graceful Ctrl-C)."""
     throughput = Throughput()
-    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, RngState(), GracefulInterrupt(out)]
+    ema_decay = cfg.optim.get("ema_decay")  # .get: a resumed run's config may predate the key
+    # the EMA before GracefulInterrupt: Ctrl-C's last.ckpt is written after this step's EMA update
+    ema = [WeightEma(ema_decay)] if ema_decay is not None else []
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, RngState(), *ema, GracefulInterrupt(out)]
     return callbacks, throughput
 
 

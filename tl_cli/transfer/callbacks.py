@@ -1,10 +1,12 @@
-"""tlcli's own Lightning callbacks: throughput, RNG state in checkpoints, graceful Ctrl-C, progress output.
+"""tlcli's own Lightning callbacks: throughput, RNG state in checkpoints, weight EMA, graceful Ctrl-C, progress
+output.
 
 Module-level classes, so they pickle (ddp_spawn sends the trainer's callbacks to each process).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
@@ -15,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar, WeightAveraging
 
 from tl_cli import STARTED_AT
 from tl_cli.run.resume import Interrupted
@@ -72,6 +74,31 @@ class RngState(L.Callback):
                         "numpy": (state["numpy"][0], state["numpy"][1].numpy().astype(np.uint32),
                                   *state["numpy"][2:]),
                         "torch": state["torch"]})  # fmt: skip
+
+
+def _ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor, decay: float) -> None:
+    """One EMA step over a same-dtype list of tensors, as timm's ModelEmaV3 does it: floating-point tensors
+    lerp towards the current values (exact for unchanged ones: frozen weights stay bit-identical), integer
+    buffers (BatchNorm's num_batches_tracked) are copied."""
+    if torch.is_floating_point(ema[0]):
+        torch._foreach_lerp_(ema, current, 1.0 - decay)
+    else:
+        torch._foreach_copy_(ema, current)
+
+
+class WeightEma(WeightAveraging):
+    """optim.ema_decay: Lightning's weight averaging with timm's EMA update, after every optimizer step, over
+    parameters and buffers (BatchNorm statistics are averaged too, as timm's ModelEmaV3 does by default).
+
+    Lightning swaps the average in for validation and copies it into the model when training ends; checkpoints
+    hold the average as `state_dict` (so tlcli's test, best.ckpt and model.safetensors use it) and the raw
+    weights as `current_model_state`, which resume restores: a resumed run continues both exactly.
+    """
+
+    def __init__(self, decay: float) -> None:
+        # functools.partial of a module-level function: it pickles (ddp_spawn), a closure would not
+        super().__init__(multi_avg_fn=functools.partial(_ema_update, decay=decay))
+        self.decay = decay
 
 
 class GracefulInterrupt(L.Callback):

@@ -1,9 +1,12 @@
-"""Layer-wise LR decay and weight EMA (issue 15) through real `tlcli` runs: bad values are one-line errors, the EMA
-weights are the ones validated, tested and saved, and a resumed run with both on equals an uninterrupted one."""
+"""Layer-wise LR decay, weight EMA and Mixup/CutMix (issue 15) through real `tlcli` runs: bad values are one-line
+errors, the EMA weights are the ones validated, tested and saved, Mixup trains with the feature cache off, and
+a resumed run with all three on equals an uninterrupted one."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -25,6 +28,12 @@ SMOKE = ["experiment=smoke"]
         (["optim.layer_decay=0"], ["optim.layer_decay=0", "(0, 1]"]),
         (["strategy=freeze", "optim.layer_decay=0.75"], ["optim.layer_decay=0.75", "no effect with strategy=freeze"]),
         (["optim.ema_decay=1.2"], ["optim.ema_decay=1.2", "(0, 1)"]),
+        (["data.mixup=-1"], ["data.mixup=-1", ">= 0"]),
+        (["data.cutmix=-0.5"], ["data.cutmix=-0.5", ">= 0"]),
+        (
+            ["strategy=freeze", "data.cache_features=true", "data.mixup=0.8"],
+            ["data.cache_features=true", "data.mixup=0"],
+        ),
     ],
 )
 def test_bad_values_are_one_line_errors(tlcli, overrides: list[str], needles: list[str]) -> None:
@@ -71,8 +80,22 @@ def test_ema_weights_are_validated_tested_and_saved_and_frozen_parts_stay_bit_id
     assert abs(_eval_loss(tlcli, raw_run, "test", tmp_path / "raw_test") - metrics["test/loss"]) > 1e-3
 
 
-def test_resume_with_ema_and_layer_decay_equals_an_uninterrupted_run(tlcli, tmp_path: Path) -> None:
-    options = ["optim.ema_decay=0.9", "optim.layer_decay=0.75"]
+def test_mixup_cutmix_trains_with_soft_targets_and_the_feature_cache_off(tlcli) -> None:
+    # freeze + deterministic inputs would cache features; 3 x 33 train images in batches of 32: an odd last batch
+    result = tlcli(
+        "train", *SMOKE, "strategy=freeze", "data.mixup=0.8", "data.cutmix=1.0", "optim.label_smoothing=0.1",
+        "data.num_classes=3", "data.samples_per_split=[33,8,8]",
+    )  # fmt: skip
+    run = run_dir_of(result)
+    assert "feature cache off: data.mixup/data.cutmix mix the train images" in result.stdout + result.stderr
+    assert summary_of(run)["feature_cache"] is False
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+
+
+def test_resume_with_ema_mixup_and_layer_decay_equals_an_uninterrupted_run(tlcli, tmp_path: Path) -> None:
+    options = ["optim.ema_decay=0.9", "optim.layer_decay=0.75", "data.mixup=0.8", "data.cutmix=1.0"]
     full = run_dir_of(tlcli("train", *RUN, *options, *KEEP_EPOCHS, f"hydra.run.dir={tmp_path / 'full'}"))
     killed = tmp_path / "killed"  # what a kill -9 right after epoch 1 leaves behind
     (killed / "checkpoints").mkdir(parents=True)

@@ -1,13 +1,16 @@
-"""Layer-wise LR decay and weight EMA (issue 15) on real timm models and real optimizer groups: per-layer LRs and
-the EMA update rule."""
+"""Layer-wise LR decay, weight EMA and Mixup/CutMix (issue 15) on real timm models and real optimizer groups:
+per-layer LRs, the EMA update rule, and the soft targets a training step trains against."""
 
 from __future__ import annotations
 
+import lightning as L
+import numpy as np
 import pytest
 import timm
 import torch
 from timm.models import group_parameters
 
+from tl_cli.data.features import cache_decision
 from tl_cli.errors import TlcliError
 from tl_cli.transfer.callbacks import _ema_update
 from tl_cli.transfer.module import TransferModule
@@ -85,12 +88,84 @@ def test_ema_update_lerps_floats_keeps_constants_bit_identical_and_copies_intege
     assert counts[0].item() == 9
 
 
+def _module_with_mixup(num_classes: int = 4, smoothing: float = 0.1) -> TransferModule:
+    net = TransferNet(timm.create_model("test_resnet", num_classes=0), num_classes)
+    config = {"data": {"mixup": 0.8, "cutmix": 1.0}}
+    module = TransferModule(net, num_classes, {**OPTIM, "label_smoothing": smoothing}, config=config)
+    module.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return module
+
+
+def _train_step(module: TransferModule, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """One real training_step (batch_idx 1: no self.log outside a loop); returns its loss and what the soft-target
+    loss and the network were called with."""
+    seen: list = []
+    soft_loss = module.soft_target_loss
+
+    def record(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = soft_loss(logits, targets)
+        seen.append((logits, targets, loss))
+        return loss
+
+    module.soft_target_loss = record
+    inputs: list = []
+    hook = module.net.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].clone()))
+    try:
+        loss = module.training_step((images.clone(), labels), 1)
+    finally:
+        hook.remove()
+    return loss, [*seen, inputs[0]]
+
+
+def test_mixup_cutmix_training_step_trains_on_mixed_images_against_soft_targets() -> None:
+    np.random.seed(0)  # timm's Mixup draws lambda and the CutMix box from numpy's global RNG
+    torch.manual_seed(0)
+    module = _module_with_mixup()
+    images, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    loss, ((logits, targets, soft_loss), seen_images) = _train_step(module, images, labels)
+    assert loss is soft_loss and torch.isfinite(loss)
+    assert targets.shape == (8, 4) and targets.dtype.is_floating_point
+    assert torch.allclose(targets.sum(dim=-1), torch.ones(8))
+    one_hot_max = 1 - 0.1 + 0.1 / 4  # label smoothing 0.1 alone would give this
+    assert (targets.max(dim=-1).values < one_hot_max - 1e-3).all()  # every row mixes two classes
+    expected = torch.sum(-targets * torch.log_softmax(logits, dim=-1), dim=-1).mean()  # SoftTargetCrossEntropy
+    assert torch.allclose(loss, expected)
+    assert not torch.equal(seen_images, images)  # the network saw mixed images
+    # train accuracy: right when the prediction is the mixed target's largest class
+    assert module._correct.item() == (logits.argmax(dim=-1) == targets.argmax(dim=-1)).sum().item()
+
+
+def test_an_odd_batch_trains_unmixed_against_smoothed_one_hot_targets() -> None:
+    module = _module_with_mixup()
+    images, labels = torch.randn(7, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    loss, ((_, targets, _), seen_images) = _train_step(module, images, labels)
+    assert torch.isfinite(loss) and torch.equal(seen_images, images)
+    expected = torch.full((7, 4), 0.1 / 4)
+    expected[torch.arange(7), labels] = 1 - 0.1 + 0.1 / 4
+    assert torch.allclose(targets, expected)
+
+
+def test_validation_never_mixes() -> None:
+    module = _module_with_mixup()
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 4
+    logits, used_labels, _ = module._forward_loss((images, labels), "val")
+    assert torch.equal(used_labels, labels)
+
+
+def test_mixup_turns_the_feature_cache_off_and_says_why() -> None:
+    use, why = cache_decision("auto", train_backbone=False, augment=False, mixing=True)
+    assert not use and "data.mixup" in why
+    with pytest.raises(TlcliError, match="data.mixup=0"):
+        cache_decision("true", train_backbone=False, augment=False, mixing=True)
+    assert cache_decision("auto", train_backbone=False, augment=False, mixing=False)[0]
+
+
 @pytest.mark.parametrize("strategy", ["finetune", "extend_finetune", "scratch", "auto", "extend_freeze"])
 def test_layer_decay_is_refused_only_where_the_backbone_is_frozen(strategy: str) -> None:
     from tests.conftest import compose
     from tl_cli.config.checks import check_config
 
-    cfg = compose([f"strategy={strategy}", "optim.layer_decay=0.75", "optim.ema_decay=0.999"])
+    cfg = compose([f"strategy={strategy}", "optim.layer_decay=0.75", "optim.ema_decay=0.999", "data.mixup=0.8"])
     if strategy == "extend_freeze":  # auto decides later: layer decay applies if it picks a training backbone
         with pytest.raises(TlcliError, match="no effect with strategy=extend_freeze"):
             check_config(cfg)

@@ -35,7 +35,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_finetune_options(cfg: DictConfig) -> None:
-    """optim.layer_decay and optim.ema_decay (`.get`: a resumed run's config may predate them)."""
+    """optim.layer_decay, optim.ema_decay, data.mixup and data.cutmix (`.get`: a resumed run's config may
+    predate them)."""
     layer_decay, ema_decay = cfg.optim.get("layer_decay"), cfg.optim.get("ema_decay")
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise TlcliError(f"optim.layer_decay={layer_decay} must be in (0, 1], e.g. 0.75 (null = off)")
@@ -47,6 +48,10 @@ def check_finetune_options(cfg: DictConfig) -> None:
         )
     if ema_decay is not None and not 0 < ema_decay < 1:
         raise TlcliError(f"optim.ema_decay={ema_decay} must be in (0, 1), e.g. 0.999 (null = off)")
+    for key in ("mixup", "cutmix"):
+        alpha = cfg.data.get(key) or 0.0
+        if alpha < 0:
+            raise TlcliError(f"data.{key}={alpha} must be >= 0: the Beta(alpha, alpha) mixing parameter, 0 = off")
 
 
 def check_trainer_keys(trainer: DictConfig) -> None:

@@ -74,6 +74,9 @@ class DataConfig:
     interpolation: str | None = None
     cache_features: str = "auto"  # auto | true | false: frozen-backbone features computed once
     feature_cache_dir: str | None = None  # persist the feature cache here (memory-mapped); null = memory only
+    # timm Mixup/CutMix on train batches (Beta(alpha, alpha) mixing; 0 = off): soft targets, feature cache off
+    mixup: float = 0.0  # mixup alpha, e.g. 0.8
+    cutmix: float = 0.0  # cutmix alpha, e.g. 1.0; with both on, each batch uses one of the two (50/50)
     # synthetic data only
     num_classes: int = 4
     image_size: int = 32

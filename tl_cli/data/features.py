@@ -25,13 +25,22 @@ log = logging.getLogger(__name__)
 CACHE_MODES = ("auto", "true", "false")
 
 
-def cache_decision(mode: object, train_backbone: bool, augment: bool) -> tuple[bool, str]:
-    """Whether to cache, and why (logged): only when the backbone is frozen and inputs are deterministic."""
+def cache_decision(mode: object, train_backbone: bool, augment: bool, mixing: bool = False) -> tuple[bool, str]:
+    """Whether to cache, and why (logged): only when the backbone is frozen and inputs are deterministic.
+    `mixing`: data.mixup/data.cutmix mix train images, so the backbone sees new inputs every step (mixing cached
+    features instead would be a different method)."""
     mode = str(mode).lower()
     if mode not in CACHE_MODES:
         raise TlcliError(f"data.cache_features={mode} is not one of {', '.join(CACHE_MODES)}")
     if mode == "false":
         return False, "data.cache_features=false"
+    if mixing:
+        if mode == "true":
+            raise TlcliError(
+                "data.cache_features=true cannot serve mixed images; set data.mixup=0 data.cutmix=0, "
+                "or data.cache_features=auto"
+            )
+        return False, "data.mixup/data.cutmix mix the train images, so features differ every step"
     if train_backbone:
         if mode == "true":
             raise TlcliError("data.cache_features=true needs a frozen backbone; use strategy=freeze or extend_freeze")

@@ -182,7 +182,8 @@ def feature_cache_extra(cfg: DictConfig) -> dict[str, Any]:
 
 def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, channels_last: bool) -> bool:
     """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/data/features.py)."""
-    use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment)
+    mixing = bool(cfg.data.get("mixup") or cfg.data.get("cutmix"))
+    use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment, mixing)
     log.info("feature cache %s: %s", "on" if use_cache else "off", why)
     if not use_cache:
         return False

@@ -1,9 +1,9 @@
-"""LightningModule: steps, torchmetrics, and an optimizer over trainable parameters only."""
+"""LightningModule: steps, torchmetrics, timm Mixup/CutMix, and an optimizer over trainable parameters only."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -12,6 +12,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import param_groups
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
 
 
 class TransferModule(L.LightningModule):
@@ -36,6 +39,7 @@ class TransferModule(L.LightningModule):
         self._correct: torch.Tensor | None = None
         self._seen = 0
         self.channels_last = False  # NHWC images: faster bf16 convolutions on CPUs with native bf16 and on GPUs
+        self.mixup = make_mixup((config or {}).get("data") or {}, num_classes, self.optim.get("label_smoothing", 0.0))
         self.metrics = torch.nn.ModuleDict(
             {
                 f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
@@ -47,12 +51,26 @@ class TransferModule(L.LightningModule):
         return self.net(x)
 
     def _forward_loss(self, batch, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, the labels accuracy counts against, loss). Train batches are mixed when data.mixup or
+        data.cutmix is on: the loss is timm's SoftTargetCrossEntropy against the mixed (soft) targets, and train
+        accuracy counts a prediction right when it is the mixed target's largest class."""
         images, labels = batch
+        targets = None
+        if split == "train" and self.mixup is not None:
+            images, targets = mix_batch(self.mixup, images, labels)
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         logits = self.net.forward_new_layers(images) if self.inputs_are_features else self.net(images)
+        if targets is not None:
+            return logits, targets.argmax(dim=-1), self.soft_target_loss(logits, targets)
         smoothing = self.optim.get("label_smoothing", 0.0) if split == "train" else 0.0
         return logits, labels, F.cross_entropy(logits, labels, label_smoothing=smoothing)
+
+    def soft_target_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """timm's SoftTargetCrossEntropy: cross-entropy against a target distribution per sample."""
+        from timm.loss import SoftTargetCrossEntropy
+
+        return SoftTargetCrossEntropy()(logits, targets)
 
     def _eval_step(self, batch, split: str) -> None:
         logits, labels, loss = self._forward_loss(batch, split)
@@ -129,3 +147,27 @@ class TransferModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+def make_mixup(data: dict[str, Any], num_classes: int, label_smoothing: float) -> Mixup | None:
+    """timm's Mixup for data.mixup / data.cutmix alphas (None when both are 0); label smoothing goes into its
+    targets, as timm's train.py does."""
+    mixup_alpha, cutmix_alpha = float(data.get("mixup") or 0.0), float(data.get("cutmix") or 0.0)
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, label_smoothing=label_smoothing, num_classes=num_classes
+    )
+
+
+def mix_batch(mixup: Mixup, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed images and soft targets. timm pairs sample i with sample n-1-i, so it needs an even batch: an odd
+    one (the last of an epoch) trains unmixed, against the same smoothed one-hot targets mixing would give at
+    lambda = 1."""
+    from timm.data.mixup import mixup_target
+
+    if len(images) % 2:
+        return images, mixup_target(labels, mixup.num_classes, lam=1.0, smoothing=mixup.label_smoothing)
+    return mixup(images, labels)  # mixes in place: the batch is the DataLoader's own fresh tensor

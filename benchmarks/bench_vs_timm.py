@@ -1,0 +1,145 @@
+"""tlcli against timm's own train.py (../shared/peers/timm_train.py), same recipe, end to end.
+
+The recipe is ../shared/peers/README.md's: an ImageFolder of Fashion-MNIST PNGs (10 classes, 200 train + 50 val
+per class), resnet18 from one source weights file, 64 px, batch 64, 3 epochs, AdamW 1e-3, weight decay 0.05,
+cosine, channels_last, 0 workers, the same augmentation, seed 1. bf16 autocast where the CPU has native bf16
+(tlcli's `trainer.precision=auto` rule), else fp32 for both. tlcli runs with `optim.min_steps=0`: timm's script
+has no minimum, and the recipe's 93 steps are below tlcli's default of 300. image_folder's default
+augmentation is the recipe's.
+
+    python -m benchmarks.bench_vs_timm [--repeats 2]
+
+Prints each tool's wall time (process start to exit), train images/s in its own loop (timm: its last logged
+rate of each epoch, averaged; tlcli: summary.json), and val accuracy, then the ratios. Exits 0 with a message
+when the peer script is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine, table
+
+PEER = Path(__file__).resolve().parents[2] / "shared" / "peers" / "timm_train.py"
+TLCLI = str(Path(sys.executable).with_name("tlcli"))
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_folder(root: Path, per_split: dict[str, int]) -> None:
+    """Fashion-MNIST PNGs in root/<split>/<class>/<i>.png: the first n train images of each class."""
+    from PIL import Image
+
+    with gzip.open(FMNIST / "train-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FMNIST / "train-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    start = 0
+    for split, n in per_split.items():
+        for c in range(10):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, idx in enumerate(np.flatnonzero(labels == c)[start : start + n]):
+                Image.fromarray(images[idx]).save(folder / f"{i}.png")
+        start += n
+    shutil.copytree(root / "val", root / "test")  # the recipe tests on val, so tlcli holds nothing out of train
+
+
+def write_source(path: Path) -> None:
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    save_file(timm.create_model("resnet18").state_dict(), str(path))
+
+
+def run_timm(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+    args = [sys.executable, str(PEER), "--data-dir", str(data), "--train-split", "train", "--val-split", "val"]
+    args += ["--model", "resnet18", "--pretrained", "--pretrained-path", str(source), "--num-classes", "10"]
+    args += ["--img-size", "64", "-b", "64", "--epochs", "3", "--opt", "adamw", "--lr", "1e-3"]
+    args += ["--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0", "--cooldown-epochs", "0"]
+    args += ["--smoothing", "0", "--device", "cpu", "--channels-last", "-j", "0", "--crop-pct", "1.0"]
+    args += ["--scale", "0.08", "1.0", "--color-jitter", "0.4", "--hflip", "0.5", "--seed", "1"]
+    args += ["--output", str(out), "--experiment", "run", "--log-interval", "1000", "--checkpoint-hist", "1"]
+    args += ["--amp", "--amp-dtype", "bfloat16"] if bf16 else []
+    start = time.perf_counter()
+    result = subprocess.run(args, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"timm train.py failed:\n{result.stderr[-2000:]}")
+    rates = [float(r) for r in re.findall(r"Train: \d+ \[.*?\(100%\)\].*?([\d.]+)/s", result.stdout + result.stderr)]
+    rows = list(csv.DictReader(open(out / "run" / "summary.csv")))
+    return {
+        "wall": wall,
+        "images_s": statistics.fmean(rates) if rates else float("nan"),
+        "val_acc": float(rows[-1]["eval_top1"]) / 100,
+    }
+
+
+def run_tlcli(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+    args = [TLCLI, "train", "data=image_folder", f"data.root={data}", "model=timm", "model.backbone=resnet18"]
+    args += [f"model.weights={source}", "model.img_size=64", "data.batch_size=64", "trainer.max_epochs=3"]
+    args += ["strategy=finetune", "strategy.backbone_lr_mult=1.0", "optim.lr=1e-3", "optim.weight_decay=0.05"]
+    args += ["data.num_workers=0", "data.crop_pct=1.0", "seed=1", "model.channels_last=true", "optim.min_steps=0"]
+    args += [f"trainer.precision={'bf16-mixed' if bf16 else '32-true'}", f"hydra.run.dir={out}"]
+    args += [
+        "data.aug.scale=[0.08,1.0]",
+        "data.aug.ratio=[0.75,1.3333]",
+        "data.aug.hflip=0.5",
+        "data.aug.color_jitter=0.4",
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(args, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"tlcli train failed:\n{result.stderr[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"wall": wall, "images_s": summary["train_images_per_second"], "val_acc": summary["metrics"]["val/acc"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    if not PEER.is_file():
+        print(f"bench_vs_timm: skipped, {PEER} is absent (timm's train.py, the peer to measure against)")
+        return
+    from tl_cli.transfer.speed import cpu_has_native_bf16
+
+    bf16 = cpu_has_native_bf16()
+    print(f"# tlcli vs timm train.py ({'bf16 autocast' if bf16 else 'fp32: no native bf16 on this CPU'}); {machine()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        write_folder(tmp_path / "data", {"train": 200, "val": 50})
+        write_source(tmp_path / "src.safetensors")
+        results: dict[str, list[dict[str, float]]] = {"timm train.py": [], "tlcli train": []}
+        for i in range(args.repeats):  # alternate, so drift in machine load hits both
+            results["timm train.py"].append(
+                run_timm(tmp_path / "data", tmp_path / "src.safetensors", tmp_path / f"t{i}", bf16)
+            )
+            results["tlcli train"].append(
+                run_tlcli(tmp_path / "data", tmp_path / "src.safetensors", tmp_path / f"l{i}", bf16)
+            )
+    med = {tool: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tool, runs in results.items()}
+    rows = [[tool, f"{m['wall']:.1f} s", f"{m['images_s']:.0f}", f"{m['val_acc']:.3f}"] for tool, m in med.items()]
+    print(table(["tool", "wall, end to end", "train images/s (own loop)", "val acc"], rows))
+    timm_m, mine = med["timm train.py"], med["tlcli train"]
+    speed = f"end to end {timm_m['wall'] / mine['wall']:.2f}x, in the loop {mine['images_s'] / timm_m['images_s']:.2f}x"
+    print(f"tlcli / timm: {speed} (> 1: tlcli faster); val acc {mine['val_acc'] - timm_m['val_acc']:+.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -87,6 +87,21 @@ def write_images(root: Path, classes: dict[str, int], size: int = 12) -> None:
             Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
 
 
+def write_unreadable(folder: Path) -> list[Path]:
+    """Two real files PIL cannot decode in `folder`: garbage bytes named .png, and a real JPEG cut in half
+    (its header parses and Image.verify() passes; decoding its pixels fails)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    garbage, truncated = folder / "garbage.png", folder / "truncated.jpg"
+    garbage.write_bytes(b"this is not an image")
+    pixels = np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(truncated, quality=95)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    return [garbage, truncated]
+
+
 def assert_one_line_error(result, *needles: str) -> str:
     """Non-zero exit, exactly one non-empty stderr line naming the bad value, no traceback."""
     assert result.returncode != 0, result.stdout[-2000:]

@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import assert_one_line_error, run_dir_of, summary_of, write_images
+from tests.conftest import assert_one_line_error, run_dir_of, summary_of, write_images, write_unreadable
 
 SMOKE = ["experiment=smoke", "trainer.max_epochs=1"]
 
@@ -32,6 +32,9 @@ def folder_case(tmp: Path, case: str) -> Path:
         for cls in ("a", "b"):
             (root / "train" / cls).mkdir(parents=True)
             (root / "train" / cls / "x.png").write_bytes(b"not an image")
+    elif case == "class_images_bad":
+        write_images(root / "train", {"a": 4})
+        write_unreadable(root / "train" / "b")
     return root
 
 
@@ -43,6 +46,7 @@ def folder_case(tmp: Path, case: str) -> Path:
         ("one_class", ["1 class folder(s); need at least 2"]),
         ("val_has_other_classes", ["class 'zebra'", "same class folders"]),
         ("all_images_bad", ["can be read"]),
+        ("class_images_bad", ["none of the 2 image files of class 'b'", "can be read"]),
     ],
 )
 def test_bad_image_folders(tlcli, tmp_path: Path, case: str, needles: list[str]) -> None:
@@ -52,6 +56,7 @@ def test_bad_image_folders(tlcli, tmp_path: Path, case: str, needles: list[str])
 
 
 def test_bad_image_files_are_skipped_and_counted(tlcli, tmp_path: Path) -> None:
+    # found when loaded, not up front: they stay in the split sizes, each replaced by the next readable image
     root = tmp_path / "pets"
     write_images(root / "train", {"cat": 10, "dog": 10})
     (root / "train" / "cat" / "zero.png").write_bytes(b"")
@@ -59,9 +64,21 @@ def test_bad_image_files_are_skipped_and_counted(tlcli, tmp_path: Path) -> None:
     good = (root / "train" / "cat" / "0.png").read_bytes()
     (root / "train" / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
     result = tlcli("train", *SMOKE, "data=image_folder", f"data.root={root}", "data.num_workers=0")
-    run_dir = run_dir_of(result)
-    assert "skipping 3 unreadable image file(s)" in result.stdout + result.stderr
-    assert sum(summary_of(run_dir)["split_sizes"].values()) == 20
+    summary = summary_of(run_dir_of(result))
+    assert (result.stdout + result.stderr).count("skipped 3 unreadable image file(s)") == 1
+    assert summary["unreadable_files"] == 3 and sum(summary["split_sizes"].values()) == 23
+
+
+def test_undecodable_files_are_counted_across_workers(tlcli, tmp_path: Path) -> None:
+    # a truncated JPEG passes PIL's verify() and fails only when decoded; DataLoader workers find it
+    root = tmp_path / "pets"
+    write_images(root, {"cat": 6, "dog": 6})
+    garbage, _ = write_unreadable(root / "dog")
+    result = tlcli("train", *SMOKE, "data=image_folder", f"data.root={root}", "data.num_workers=2")
+    summary = summary_of(run_dir_of(result))
+    output = result.stdout + result.stderr
+    assert output.count("unreadable image file") == 1 and f"(e.g. {garbage})" in output
+    assert summary["unreadable_files"] == 2
 
 
 @pytest.mark.parametrize("kind", ["other_arch", "shape_mismatch", "truncated", "other_tool", "pickle"])

@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from tests.conftest import compose, write_images
+from tests.conftest import compose, write_images, write_unreadable
 from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
 from tl_cli.data.datasets import FASHION_MNIST_ROOT
 from tl_cli.errors import TlcliError
@@ -157,3 +157,57 @@ def test_min_samples_per_epoch_repeats_a_few_shot_set() -> None:
     plain = datamodule(["data=digits", "data.samples_per_class=1", "data.batch_size=8"])
     assert sum(len(y) for _, y in plain.train_dataloader()) == 10
     assert sum(len(y) for _, y in dm.val_dataloader()) == len(dm.splits["val"])  # evaluation never repeats
+
+
+def test_image_folder_skips_unreadable_files_when_loading(tmp_path: Path, caplog) -> None:
+    """No up-front pass: unreadable files stay listed, are replaced by the next readable image of their split
+    when served (full batches), and are counted once each across worker processes and epochs."""
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        write_images(tmp_path / split, {"a": 4, "b": 4})
+    garbage, truncated = write_unreadable(tmp_path / "train" / "a")
+    with Image.open(truncated) as image:
+        image.verify()  # what the old up-front check used: it passes a truncated JPEG
+    overrides = ["data=image_folder", f"data.root={tmp_path}", "data.batch_size=4", "data.num_workers=2"]
+    dm = datamodule([*overrides, "data.augment=false"], in_chans=3)
+    assert len(dm.splits["train"]) == 10 and dm.unreadable_files() == 0
+    loader = dm.train_dataloader()
+    for _ in range(2):  # two epochs, two worker processes: each bad file still counts once
+        sizes = [len(y) for _, y in loader]
+        assert sizes == [4, 4, 2]
+    with caplog.at_level("WARNING"):
+        assert dm.unreadable_files() == 2 and dm.unreadable_files() == 2
+    warnings = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(warnings) == 1 and "skipped 2 unreadable image file(s)" in warnings[0]
+    assert str(garbage) in warnings[0]  # the first bad file in listing order, whichever worker met it first
+
+
+def test_class_with_no_readable_file_fails_at_start(tmp_path: Path) -> None:
+    write_images(tmp_path, {"a": 6})
+    write_unreadable(tmp_path / "b")
+    with pytest.raises(TlcliError, match="none of the 2 image files of class 'b' .* can be read"):
+        datamodule(["data=image_folder", f"data.root={tmp_path}"], in_chans=3)
+
+
+def test_split_with_no_readable_file_is_one_line_from_workers(tmp_path: Path) -> None:
+    """Served lazily, a split none of whose files decodes is still a one-line TlcliError, even when a DataLoader
+    worker raises it (the main process rebuilds it from the worker's whole traceback)."""
+    from torch.utils.data import DataLoader
+
+    from tl_cli.data.datamodule import TransformedSubset
+    from tl_cli.data.datasets import FolderImages, UnreadableSplit
+
+    write_images(tmp_path, {"a": 2})
+    write_unreadable(tmp_path / "a")
+    folder = FolderImages(tmp_path)
+    bad = np.array(
+        [i for i, (path, _) in enumerate(folder.reader.samples) if Path(path).stem in ("garbage", "truncated")]
+    )
+    subset = TransformedSubset(folder, bad, {0: 0}, "RGB")
+    with pytest.raises(UnreadableSplit) as raised:
+        next(iter(DataLoader(subset, batch_size=2, num_workers=2, collate_fn=list)))
+    message = str(raised.value)
+    assert message.startswith("none of the 2 image files") and "\n" not in message and "Traceback" not in message
+    assert folder.unreadable.count() == 2
+    folder.unreadable.reported = True  # else its warning comes at exit, after pytest's summary

@@ -11,7 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from tl_cli.data.datasets import RawSplits, build_dataset
+from tl_cli.data.datasets import (
+    FolderImages,
+    RawSplits,
+    UnreadableImage,
+    UnreadableSplit,
+    build_dataset,
+    report_unreadable,
+)
 from tl_cli.errors import TlcliError
 
 log = logging.getLogger(__name__)
@@ -90,9 +97,23 @@ class TransformedSubset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        image, label = self.base[int(self.indices[i])]
+        image, label = self._readable(i)
         image = image.convert(self.mode)
         return (self.transform(image) if self.transform else image), self.label_map[int(label)]
+
+    def _readable(self, i: int):
+        """Sample i; when its file cannot be decoded, the next readable sample of this split (wrapping round):
+        batches keep their size, and the stand-in never comes from another split. FolderImages counts the file."""
+        i, first = range(len(self.indices))[i], None  # IndexError past the end: it ends `for x in subset`
+        for step in range(len(self.indices)):
+            try:
+                return self.base[int(self.indices[(i + step) % len(self.indices)])]
+            except UnreadableImage as ex:
+                first = first or ex.args[0]
+        raise UnreadableSplit(
+            f"none of the {len(self.indices)} image files of a data split can be read (e.g. {first}); "
+            f"replace or remove the unreadable files"
+        )
 
 
 def stratified_split(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
@@ -193,6 +214,12 @@ class TransferDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_splits()
+
+    def unreadable_files(self) -> int:
+        """Distinct image files that failed to decode so far (in this process or its DataLoader workers);
+        the first call that finds some logs the run's one warning about them."""
+        bases = {id(s.base): s.base for s in self.splits.values() if isinstance(s.base, FolderImages)}
+        return report_unreadable([b.unreadable for b in bases.values()])
 
     def use_features(self, features: dict[str, Dataset]) -> None:
         """Serve cached (feature, label) pairs instead of images from now on."""

@@ -8,11 +8,14 @@ from __future__ import annotations
 import functools
 import gzip
 import logging
+import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -183,38 +186,143 @@ def image_folder(cfg, seed: int) -> RawSplits:
                     f"every split needs the same class folders"
                 )
         ds = train if split == "train" else _open_folder(folder, class_to_idx)
-        drop_unreadable(ds, folder)
         labels = np.array([target for _, target in ds.reader.samples], dtype=np.int64)
         if len(labels) == 0:
             raise TlcliError(f"no images found under '{folder}'; expected <class>/<image> files")
+        check_classes_readable(ds, folder, labels, splits.classes)
         splits.add(split, ds, labels)
     return splits
 
 
-def _open_folder(folder: Path, class_map: dict | None = None):
-    """timm's ImageDataset over <class>/<image> files, with tlcli's error for an empty folder."""
-    from timm.data import ImageDataset
-
+def _open_folder(folder: Path, class_map: dict | None = None) -> FolderImages:
+    """The <class>/<image> files of a folder, with tlcli's error for an empty folder."""
     try:
-        return ImageDataset(str(folder), class_map=class_map)
+        return FolderImages(folder, class_map)
     except RuntimeError as ex:
         if "Found 0 images" in str(ex):
             raise TlcliError(f"no images found under '{folder}'; expected <class>/<image> files") from None
         raise
 
 
-def drop_unreadable(ds, folder: Path) -> None:
-    """Check every file once (PIL verify) and drop the unreadable ones, with one warning and a count."""
-    good, bad = [], []
-    for path, target in ds.reader.samples:
+# What PIL raises for a file it cannot decode: not an image, corrupt, truncated (caught only when the pixels are
+# decoded, so verify() passes it), zero bytes, or over Image.MAX_IMAGE_PIXELS.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+class UnreadableImage(Exception):
+    """A file that cannot be decoded; TransformedSubset serves the next readable sample of its split instead."""
+
+
+class UnreadableSplit(TlcliError):
+    """No file of a split can be decoded. Raised in a DataLoader worker, it is rebuilt in the main process from
+    the worker's whole traceback: keep only this error's own last line, so the user still gets one line."""
+
+    def __init__(self, message: str) -> None:
+        last = message.strip().splitlines()[-1] if message.strip() else message
+        super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1])
+
+
+def decode(path: str, draft: bool = False) -> Image.Image:
+    """The image at `path` as decoded RGB pixels (what timm's ImageDataset served). draft: JPEGs at 1/8 scale,
+    for a readability check (truncation still fails: every coefficient is read)."""
+    with Image.open(path) as image:
+        if draft:
+            image.draft(None, (1, 1))
+        return image.convert("RGB")
+
+
+@dataclass(eq=False)
+class Unreadable:
+    """Which files of one folder failed to decode. The flags are in shared memory: DataLoader workers (forked or
+    spawned) set them, the main process counts them; one flag per file, so a file counts once however many
+    epochs and workers meet it. Holds no reference to its dataset (the finalizer below needs that)."""
+
+    folder: Path
+    samples: list = field(repr=False)  # the reader's (path, class index) list
+    flags: torch.Tensor = field(repr=False)
+    owner: int = 0  # pid of the process that listed the folder: only it reports
+    reported: bool = False
+
+    def count(self) -> int:
+        return int(self.flags.sum())
+
+    def first(self) -> str | None:
+        hits = torch.nonzero(self.flags)
+        return str(self.samples[int(hits[0])][0]) if len(hits) else None
+
+    def report_at_end(self) -> None:
+        """eval and export never ask for the count: warn when the dataset is dropped (or at exit)."""
+        if os.getpid() == self.owner:
+            report_unreadable([self])
+
+
+class FolderImages(Dataset):
+    """(RGB PIL image, label) samples of root/<class>/<image>, listed by timm's folder reader. Files are decoded
+    when served, not checked up front (start-up does not grow with the folder); one that cannot be decoded
+    raises UnreadableImage and is flagged in `unreadable`, so later epochs skip it without decoding it again."""
+
+    def __init__(self, folder: Path, class_map: dict | None = None) -> None:
+        from timm.data.readers.reader_image_folder import ReaderImageFolder
+
+        self.reader = ReaderImageFolder(str(folder), class_map=class_map or "")
+        flags = torch.zeros(len(self.reader.samples), dtype=torch.bool).share_memory_()
+        self.unreadable = Unreadable(folder, self.reader.samples, flags, os.getpid())
+        weakref.finalize(self, self.unreadable.report_at_end)
+
+    def __len__(self) -> int:
+        return len(self.reader.samples)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.load(index), int(self.reader.samples[index][1])
+
+    def load(self, index: int, draft: bool = False) -> Image.Image:
+        path = self.reader.samples[index][0]
+        if self.unreadable.flags[index]:
+            raise UnreadableImage(path)
         try:
-            with Image.open(path) as image:
-                image.verify()
-            good.append((path, target))
-        except Exception:  # corrupt, truncated, zero-byte or not an image at all
-            bad.append(path)
-    if bad and not good:
-        raise TlcliError(f"none of the {len(bad)} image files under '{folder}' can be read (e.g. {bad[0]})")
-    if bad:
-        log.warning("skipping %d unreadable image file(s) under %s (e.g. %s)", len(bad), folder, bad[0])
-        ds.reader.samples = good
+            return decode(path, draft)
+        except DECODE_ERRORS as ex:
+            self.unreadable.flags[index] = True
+            log.debug("unreadable image file %s: %s", path, ex)
+            raise UnreadableImage(path) from None
+
+
+def check_classes_readable(ds: FolderImages, folder: Path, labels: np.ndarray, classes: list[str]) -> None:
+    """Decode each class's files in order until one reads. A class (or split) none of whose files can be read
+    fails here, in one line, instead of silently never being trained on. A healthy folder costs one small
+    decode per class: start-up grows with the classes, not the files. Failures found are counted as usual."""
+    pending = set(np.unique(labels).tolist())
+    for index, target in enumerate(labels.tolist()):
+        if target not in pending:
+            continue
+        try:
+            ds.load(index, draft=True)
+            pending.discard(target)
+        except UnreadableImage:
+            pass
+        if not pending:
+            return
+    bad = min(pending)
+    members = np.flatnonzero(labels == bad)
+    ds.unreadable.reported = True  # the error says it; no warning about these files at exit as well
+    raise TlcliError(
+        f"none of the {len(members)} image files of class '{classes[bad]}' under '{folder}' can be read "
+        f"(e.g. {ds.reader.samples[int(members[0])][0]}); replace them or remove the class folder"
+    )
+
+
+def report_unreadable(found: list[Unreadable]) -> int:
+    """Distinct files that failed to decode so far, in any process; the first call that finds some logs the
+    one warning of the run, with the count and the first file."""
+    total = sum(u.count() for u in found)
+    if total and not all(u.reported for u in found):
+        first = next(u.first() for u in found if u.count())
+        log.warning(
+            "skipped %d unreadable image file(s) (e.g. %s); each was replaced by the next readable image of its "
+            "split; fix or remove them",
+            total,
+            first,
+        )
+        for u in found:
+            u.reported = True
+    return total

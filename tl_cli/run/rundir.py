@@ -51,6 +51,7 @@ class Summary:
     channels_last: bool | None = None
     feature_cache: bool | None = None
     seconds_to_first_step: float | None = None
+    unreadable_files: int = 0  # image files that failed to decode; each was replaced by the next readable one
     strategy_auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen
 
     def to_dict(self) -> dict[str, Any]:

@@ -248,6 +248,7 @@ def write_run(
         device=str(trainer.strategy.root_device),
         precision=str(trainer.precision),
         strategy_auto=job.auto,
+        unreadable_files=dm.unreadable_files(),
         **extra,
     )
     run.write_summary(summary)

@@ -1,12 +1,14 @@
-"""Layer-wise LR decay, weight EMA and Mixup/CutMix (issue 15) through real `tlcli` runs: bad values are one-line
-errors, the EMA weights are the ones validated, tested and saved, Mixup trains with the feature cache off, and
-a resumed run with all three on equals an uninterrupted one."""
+"""Layer-wise LR decay, weight EMA, Mixup/CutMix and LP-FT (issue 15) through real `tlcli` runs: bad values are
+one-line errors, the EMA weights are the ones validated, tested and saved, Mixup trains with the feature cache off,
+a resumed run with the first three on equals an uninterrupted one, and strategy.freeze_epochs keeps the backbone
+bit-identical to the source while the new layers train alone, and resumes exactly in either phase."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from tests.conftest import assert_one_line_error, run_dir_of, summary_of
 from tests.e2e.test_reliability import KEEP_EPOCHS, RUN
 
 SMOKE = ["experiment=smoke"]
+ASSETS = Path(__file__).resolve().parents[2] / "tl_cli" / "assets"
 
 
 @pytest.mark.parametrize(
@@ -34,6 +37,9 @@ SMOKE = ["experiment=smoke"]
             ["strategy=freeze", "data.cache_features=true", "data.mixup=0.8"],
             ["data.cache_features=true", "data.mixup=0"],
         ),
+        (["strategy=finetune", "strategy.freeze_epochs=2"], ["strategy.freeze_epochs=2", "trainer.max_epochs=2"]),
+        (["strategy=freeze", "strategy.freeze_epochs=1"], ["strategy.freeze_epochs=1", "not strategy=freeze"]),
+        (["strategy=finetune", "strategy.freeze_epochs=-1"], ["strategy.freeze_epochs=-1", ">= 0"]),
     ],
 )
 def test_bad_values_are_one_line_errors(tlcli, overrides: list[str], needles: list[str]) -> None:
@@ -110,3 +116,57 @@ def test_resume_with_ema_mixup_and_layer_decay_equals_an_uninterrupted_run(tlcli
         for key, value in a[state].items():
             assert torch.equal(value, b[state][key]), (state, key)
     assert summary_of(full)["metrics"] == summary_of(killed)["metrics"]
+
+
+def _backbone_of(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    return {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.backbone.")}
+
+
+def _killed_after(full: Path, epoch: int, killed: Path) -> Path:
+    """What a kill -9 right after `epoch` leaves behind: the run's config and that epoch's last.ckpt."""
+    (killed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full / ".hydra", killed / ".hydra")
+    shutil.copy(full / "epochs" / f"e{epoch}.ckpt", killed / "checkpoints" / "last.ckpt")
+    return killed
+
+
+def test_freeze_epochs_trains_the_new_layers_first_then_all_and_resumes_exactly_in_either_phase(
+    tlcli, tmp_path: Path
+) -> None:
+    # RUN: extend_finetune from the embedded source (BatchNorm throughout), 4 epochs; the first 2 train the new
+    # layers alone
+    result = tlcli("train", *RUN, "strategy.freeze_epochs=2", *KEEP_EPOCHS, f"hydra.run.dir={tmp_path / 'full'}")
+    full = run_dir_of(result)
+    source = {k: v for k, v in load_file(ASSETS / "fashion_mnist_test_resnet.safetensors").items() if "backbone." in k}
+    backbones = [_backbone_of(full / "epochs" / f"e{epoch}.ckpt") for epoch in range(4)]
+    for backbone in backbones[:2]:  # weights and BatchNorm running statistics: bit-identical to the source
+        assert backbone.keys() == source.keys() and all(torch.equal(backbone[k], source[k]) for k in source)
+    statistics = [k for k in source if k.endswith("running_mean")]
+    for backbone in backbones[2:]:
+        assert all(not torch.equal(backbone[k], source[k]) for k in statistics)
+        assert not torch.equal(backbone["backbone.conv1.0.weight"], source["backbone.conv1.0.weight"])
+    heads = [torch.load(full / "epochs" / f"e{e}.ckpt", weights_only=True)["state_dict"]["net.head.weight"]
+             for e in range(4)]  # fmt: skip
+    assert all(not torch.equal(a, b) for a, b in zip(heads, heads[1:], strict=False))  # the head trains throughout
+    pattern = r"epoch 3/4: backbone unfrozen after strategy.freeze_epochs=2 \(step (\d+)\)"
+    unfrozen = re.findall(pattern, result.stdout + result.stderr)
+    assert len(unfrozen) == 1 and unfrozen[0] in (full / "train.log").read_text()
+    # a kill in the middle of the frozen phase, and one in the training phase: the resumed run's later epochs
+    # equal the uninterrupted run's (its last epoch's weights, each epoch's train and val metrics). The copy's
+    # best.ckpt is another file (Lightning forgets the best score of a checkpoint from another dirpath), so the
+    # comparison is per epoch, not of summary.json
+    final = torch.load(full / "epochs" / "e3.ckpt", weights_only=True)["state_dict"]
+    for epoch in (0, 2):
+        killed = _killed_after(full, epoch, tmp_path / f"killed_e{epoch}")
+        assert run_dir_of(tlcli("train", f"resume={killed}")) == killed
+        resumed = torch.load(killed / "epochs" / "e3.ckpt", weights_only=True)["state_dict"]
+        assert resumed.keys() == final.keys() and all(torch.equal(v, resumed[k]) for k, v in final.items()), epoch
+        assert _epoch_metrics(killed, after=epoch) == _epoch_metrics(full, after=epoch)
+
+
+def _epoch_metrics(run: Path, after: int) -> list[tuple[str, ...]]:
+    """Train and val metrics of the epochs after `after`, as metrics.csv logged them."""
+    keys = ("epoch", "train/loss", "train/acc", "val/loss", "val/acc")
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    return [tuple(r[k] for k in keys) for r in rows if r["epoch"] and after < int(r["epoch"]) < 4]

@@ -1,7 +1,10 @@
-"""Layer-wise LR decay, weight EMA and Mixup/CutMix (issue 15) on real timm models and real optimizer groups:
-per-layer LRs, the EMA update rule, and the soft targets a training step trains against."""
+"""Layer-wise LR decay, weight EMA, Mixup/CutMix and LP-FT (issue 15) on real timm models and real optimizer
+groups: per-layer LRs, the EMA update rule, the soft targets a training step trains against, and a real Trainer
+fit with strategy.freeze_epochs (frozen backbone and BatchNorm statistics, then all trains, one cosine schedule)."""
 
 from __future__ import annotations
+
+import math
 
 import lightning as L
 import numpy as np
@@ -171,3 +174,135 @@ def test_layer_decay_is_refused_only_where_the_backbone_is_frozen(strategy: str)
             check_config(cfg)
     else:
         check_config(cfg)
+
+
+class _Phases(L.Callback):
+    """What each epoch trained with, by epoch: backbone state and head weight at its end, the backbone's and its
+    BatchNorms' mode during its batches, every group's LR factor, whether the backbone has optimizer state."""
+
+    def __init__(self) -> None:
+        self.ends: dict[int, dict] = {}
+        self.modes: dict[int, set[bool]] = {}
+        self.lrs: dict[int, list[float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        bns = [m for m in pl_module.net.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        modes = self.modes.setdefault(trainer.current_epoch, set())
+        modes |= {pl_module.net.backbone.training, *(m.training for m in bns)}
+        groups = trainer.optimizers[0].param_groups
+        self.lrs[trainer.current_epoch] = [g["lr"] / g["initial_lr"] for g in groups]
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        optimizer = trainer.optimizers[0]
+        self.ends[trainer.current_epoch] = {
+            "backbone": {k: v.clone() for k, v in pl_module.net.backbone.state_dict().items()},
+            "head": pl_module.net.head.weight.detach().clone(),
+            "backbone_has_optimizer_state": any(optimizer.state[p] for p in pl_module.net.backbone.parameters()),
+        }
+
+
+def _fit_lp_ft(optim_name: str, freeze_epochs: int = 2, max_epochs: int = 4, callbacks=(), ckpt=None):
+    """A real Trainer fit of test_resnet (BatchNorm throughout) with strategy.freeze_epochs' callback."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from tl_cli.transfer.callbacks import FreezeBackboneEpochs
+
+    torch.manual_seed(0)
+    net = TransferNet(timm.create_model("test_resnet", num_classes=0), 3)
+    source = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+    optim = {**OPTIM, "name": optim_name, "scheduler": "cosine", "layer_decay": DECAY}
+    module = TransferModule(net, 3, optim, backbone_lr_mult=MULT)
+    phases = _Phases()
+    trainer = L.Trainer(
+        max_epochs=max_epochs, callbacks=[FreezeBackboneEpochs(freeze_epochs), phases, *callbacks], accelerator="cpu",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0,
+    )  # fmt: skip
+    data = TensorDataset(torch.randn(48, 3, 32, 32), torch.arange(48) % 3)
+    trainer.fit(module, DataLoader(data, batch_size=8, shuffle=True), ckpt_path=ckpt)
+    return source, phases, trainer
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("optim_name", ["adamw", "sgd"])
+def test_freeze_epochs_keeps_the_backbone_and_its_batchnorm_statistics_bit_identical_then_trains_it(
+    optim_name: str,
+) -> None:
+    source, phases, trainer = _fit_lp_ft(optim_name)
+    frozen, trained = [phases.ends[e] for e in (0, 1)], [phases.ends[e] for e in (2, 3)]
+    # phase 1: weights and BatchNorm running statistics exactly the source's, eval mode, no optimizer state
+    # (no gradient: the optimizer skipped them, weight decay included)
+    assert all(_same(end["backbone"], source) for end in frozen)
+    assert [phases.modes[e] for e in range(4)] == [{False}, {False}, {True}, {True}]
+    assert not any(end["backbone_has_optimizer_state"] for end in frozen)
+    # phase 2: it trains (a parameter may keep a zero gradient: timm zero-inits each block's last BatchNorm scale)
+    assert all(end["backbone_has_optimizer_state"] for end in trained)
+    changed = {k for k, v in trained[0]["backbone"].items() if not torch.equal(v, source[k])}
+    statistics = {k for k in source if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert statistics and statistics <= changed
+    params = source.keys() - statistics
+    assert "conv1.0.weight" in changed and len(changed & params) > len(params) / 2
+    assert not _same(trained[1]["backbone"], trained[0]["backbone"])
+    # the head trains throughout
+    heads = [phases.ends[e]["head"] for e in range(4)]
+    assert all(not torch.equal(a, b) for a, b in zip(heads, heads[1:], strict=False))
+    # one cosine schedule over every group by epoch: at unfreezing the backbone trains at the LR plain finetune
+    # has at that epoch (initial_lr: lr x backbone_lr_mult x its layer-decay scale)
+    for epoch, factors in phases.lrs.items():
+        assert factors == pytest.approx([0.5 * (1 + math.cos(math.pi * epoch / 4))] * len(factors))
+    groups = trainer.optimizers[0].param_groups
+    assert {g["initial_lr"] for g in groups if g["name"].startswith("head")} == {LR}
+    assert max(g["initial_lr"] for g in groups if g["name"].startswith("backbone")) == pytest.approx(LR * MULT)
+
+
+class _StopMidEpoch(L.Callback):
+    """Save a checkpoint after batch 2 of epoch 0 and stop, as tlcli's Ctrl-C does."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx == 2:
+            trainer.save_checkpoint(self.path)
+            raise RuntimeError("stopped mid-epoch")
+
+
+def test_a_resume_in_the_middle_of_a_frozen_epoch_keeps_the_backbone_frozen(tmp_path) -> None:
+    # a mid-epoch restart gets no on_train_epoch_start: the phase must be set at the start of fit as well
+    ckpt = tmp_path / "mid.ckpt"
+    with pytest.raises(RuntimeError, match="stopped mid-epoch"):
+        _fit_lp_ft("adamw", callbacks=[_StopMidEpoch(ckpt)])
+    source, phases, _ = _fit_lp_ft("adamw", ckpt=str(ckpt))
+    assert phases.modes[0] == phases.modes[1] == {False}  # the rest of epoch 0 ...
+    assert _same(phases.ends[0]["backbone"], source) and _same(phases.ends[1]["backbone"], source)
+    assert not _same(phases.ends[2]["backbone"], source)  # ... and epoch 1 frozen, epoch 2 trains
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["strategy=finetune", "strategy.freeze_epochs=2"], None),
+        (["strategy=extend_finetune", "strategy.freeze_epochs=9", "trainer.max_epochs=10"], None),
+        (["strategy=finetune", "strategy.freeze_epochs=-1"], ">= 0"),
+        (["strategy=freeze", "strategy.freeze_epochs=1"], "not strategy=freeze"),
+        (["strategy=extend_freeze", "strategy.freeze_epochs=1"], "not strategy=extend_freeze"),
+        (["strategy=scratch", "strategy.freeze_epochs=1"], "not strategy=scratch"),
+        (["strategy=auto", "strategy.freeze_epochs=1"], "not strategy=auto"),
+        (["strategy=finetune", "strategy.freeze_epochs=10"], "below trainer.max_epochs=10"),
+        (["strategy=finetune", "strategy.freeze_epochs=1", "trainer=ddp"], "ddp_spawn_find_unused_parameters_true"),
+        (["strategy=finetune", "strategy.freeze_epochs=1", "+trainer.strategy=ddp_find_unused_parameters_true"], None),
+    ],
+)
+def test_freeze_epochs_values(overrides: list[str], message: str | None) -> None:
+    from tests.conftest import compose
+    from tl_cli.config.checks import check_config
+
+    cfg = compose(overrides)
+    if message is None:
+        check_config(cfg)
+    else:
+        with pytest.raises(TlcliError, match=message.replace("(", r"\(")):
+            check_config(cfg)

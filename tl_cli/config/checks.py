@@ -31,6 +31,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.optim.min_steps < 0:
         raise TlcliError(f"optim.min_steps={cfg.optim.min_steps} must be >= 0 (0 = no minimum)")
     check_finetune_options(cfg)
+    check_freeze_epochs(cfg)
     check_trainer_keys(cfg.trainer)
 
 
@@ -52,6 +53,37 @@ def check_finetune_options(cfg: DictConfig) -> None:
         alpha = cfg.data.get(key) or 0.0
         if alpha < 0:
             raise TlcliError(f"data.{key}={alpha} must be >= 0: the Beta(alpha, alpha) mixing parameter, 0 = off")
+
+
+def check_freeze_epochs(cfg: DictConfig) -> None:
+    """strategy.freeze_epochs (LP-FT): >= 0, on the strategies that train a source backbone, and fewer than
+    trainer.max_epochs, so the backbone does train (`.get`: a resumed run's config may predate the key)."""
+    epochs = cfg.strategy.get("freeze_epochs") or 0
+    if epochs < 0:
+        raise TlcliError(f"strategy.freeze_epochs={epochs} must be >= 0 (0 = off)")
+    if not epochs:
+        return
+    name = cfg.strategy.name
+    strategy = get_strategy(name) if name != "auto" else None  # auto trains with its choice's preset
+    if strategy is None or not (strategy.train_backbone and strategy.use_source_weights):
+        raise TlcliError(
+            f"strategy.freeze_epochs={epochs} applies to strategy=finetune or extend_finetune (new layers first, "
+            f"then the source backbone too), not strategy={name}; use one of those, or strategy.freeze_epochs=0"
+        )
+    max_epochs = cfg.trainer.get("max_epochs")
+    if isinstance(max_epochs, int) and 0 <= max_epochs <= epochs:  # -1: no epoch limit
+        raise TlcliError(
+            f"strategy.freeze_epochs={epochs} must be below trainer.max_epochs={max_epochs}, or the backbone never "
+            f"trains; lower it or raise trainer.max_epochs"
+        )
+    # DDP expects a gradient for every parameter it wrapped; the backbone has none while frozen
+    launch = str(cfg.trainer.get("strategy", "auto"))
+    if launch.startswith("ddp") and "find_unused_parameters_true" not in launch:
+        spawn = "_spawn" if launch.startswith("ddp_spawn") else ""
+        raise TlcliError(
+            f"strategy.freeze_epochs={epochs} with trainer.strategy={launch}: DDP must expect the frozen backbone's "
+            f"missing gradients; set trainer.strategy=ddp{spawn}_find_unused_parameters_true"
+        )
 
 
 def check_trainer_keys(trainer: DictConfig) -> None:

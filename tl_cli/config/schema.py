@@ -38,6 +38,9 @@ class AutoConfig:
 class StrategyConfig:
     name: str = MISSING  # freeze | finetune | extend_freeze | extend_finetune | scratch | auto
     backbone_lr_mult: float = 1.0  # backbone LR = optim.lr * this (finetune strategies)
+    # LP-FT (finetune, extend_finetune): the first freeze_epochs epochs train the new layers alone, the backbone
+    # frozen as strategy=freeze freezes it; then everything trains, the backbone at its scheduled LR. 0 = off
+    freeze_epochs: int = 0
     extension: ExtensionConfig = field(default_factory=ExtensionConfig)
     auto: AutoConfig | None = None  # set by strategy=auto only (configs/strategy/auto.yaml)
 

@@ -19,7 +19,7 @@ from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_
 from tl_cli.data.features import cache_decision, cached_feature_splits
 from tl_cli.run.rundir import MODEL, RunDir, Summary
 from tl_cli.transfer import speed
-from tl_cli.transfer.callbacks import GracefulInterrupt, RngState, Throughput, WeightEma
+from tl_cli.transfer.callbacks import FreezeBackboneEpochs, GracefulInterrupt, RngState, Throughput, WeightEma
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import Strategy, apply_strategy, check_extension, get_strategy
 from tl_cli.transfer.weights import create_backbone, save_network
@@ -125,12 +125,16 @@ def _source_weights(cfg: DictConfig, strategy: Strategy) -> str | None:
 
 
 def run_callbacks(cfg: DictConfig, out: Path) -> tuple[list[L.Callback], Throughput]:
-    """The configured callbacks plus tlcli's own (throughput, RNG state, weight EMA, graceful Ctrl-C)."""
+    """The configured callbacks plus tlcli's own (throughput, RNG state, weight EMA, LP-FT's frozen first epochs,
+    graceful Ctrl-C)."""
     throughput = Throughput()
     ema_decay = cfg.optim.get("ema_decay")  # .get: a resumed run's config may predate the key
     # the EMA before GracefulInterrupt: Ctrl-C's last.ckpt is written after this step's EMA update
     ema = [WeightEma(ema_decay)] if ema_decay is not None else []
-    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), throughput, RngState(), *ema, GracefulInterrupt(out)]
+    freeze_epochs = cfg.strategy.get("freeze_epochs") or 0  # strategy=auto refuses it (check_config)
+    lp_ft = [FreezeBackboneEpochs(freeze_epochs)] if freeze_epochs else []
+    own = [throughput, RngState(), *lp_ft, *ema, GracefulInterrupt(out)]
+    callbacks = [*instantiate_group(cfg.callbacks, "callbacks"), *own]
     return callbacks, throughput
 
 
@@ -165,8 +169,10 @@ def _launch_strategy(strategy: str) -> str:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and multirun:
         if not speed.cluster_starts_processes():
-            log.warning("trainer.strategy=%s under multirun: using ddp_spawn instead", strategy)
-            return "ddp_spawn"
+            # ddp_find_unused_parameters_true keeps its flag (strategy.freeze_epochs needs it)
+            spawn = "ddp_spawn" + strategy[3:] if strategy.startswith("ddp_find_unused_parameters") else "ddp_spawn"
+            log.warning("trainer.strategy=%s under multirun: using %s instead", strategy, spawn)
+            return spawn
     return strategy
 
 

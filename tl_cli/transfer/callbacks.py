@@ -1,5 +1,5 @@
-"""tlcli's own Lightning callbacks: throughput, RNG state in checkpoints, weight EMA, graceful Ctrl-C, progress
-output.
+"""tlcli's own Lightning callbacks: throughput, RNG state in checkpoints, weight EMA, LP-FT's frozen first epochs,
+graceful Ctrl-C, progress output.
 
 Module-level classes, so they pickle (ddp_spawn sends the trainer's callbacks to each process).
 """
@@ -99,6 +99,47 @@ class WeightEma(WeightAveraging):
         # functools.partial of a module-level function: it pickles (ddp_spawn), a closure would not
         super().__init__(multi_avg_fn=functools.partial(_ema_update, decay=decay))
         self.decay = decay
+
+
+class FreezeBackboneEpochs(L.Callback):
+    """strategy.freeze_epochs (LP-FT: head first, then all): epochs 0 .. epochs-1 train the new layers alone, the
+    backbone frozen exactly as strategy=freeze freezes it (TransferNet.freeze: requires_grad off, eval mode, so
+    BatchNorm statistics stay fixed); from epoch `epochs` on, everything trains.
+
+    Lightning's BackboneFinetuning does not fit: it adds the backbone as a new param group (outside tlcli's
+    LambdaLR, at its own LR), and its frozen BatchNorm runs in train mode on batch statistics. Here the optimizer
+    holds the backbone's groups from the start (configure_optimizers runs before the first epoch freezes it):
+    a frozen parameter gets no gradient, and torch's and timm's optimizers skip a parameter without one (no
+    update, no weight decay, no moment state). One LambdaLR schedules every group by epoch, so once unfrozen the
+    backbone trains at the LR plain finetune has at that epoch (lr x backbone_lr_mult x cosine, layer decay
+    included), and the optimizer's structure never changes: a resume in either phase loads it as saved.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def _set_phase(self, trainer, pl_module) -> None:
+        """The phase is a function of the epoch alone; set at every epoch start and at every (re)start of fit:
+        a resume in the middle of an epoch gets no on_train_epoch_start."""
+        net = pl_module.net
+        if trainer.current_epoch < self.epochs:
+            net.freeze("backbone")
+        elif "backbone" in net.frozen:
+            net.unfreeze("backbone")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._set_phase(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._set_phase(trainer, pl_module)
+        if trainer.current_epoch == self.epochs and trainer.is_global_zero:
+            groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
+            lrs = [g["lr"] for g in groups if str(g.get("name", "")).startswith("backbone")]
+            log.info(
+                "epoch %d/%d: backbone unfrozen after strategy.freeze_epochs=%d (step %d); it trains from here at "
+                "lr %.2e (this epoch's lr x strategy.backbone_lr_mult)",
+                trainer.current_epoch + 1, trainer.max_epochs, self.epochs, trainer.global_step, max(lrs, default=0.0),
+            )  # fmt: skip
 
 
 class GracefulInterrupt(L.Callback):

@@ -85,6 +85,14 @@ class TransferNet(nn.Module):
         if part not in self.frozen:
             self.frozen.append(part)
 
+    def unfreeze(self, part: str) -> None:
+        """Train a frozen part again (strategy.freeze_epochs): all its weights, BatchNorm statistics included."""
+        module = getattr(self, part)
+        module.requires_grad_(True)
+        module.train(self.training)
+        if part in self.frozen:
+            self.frozen.remove(part)
+
     def train(self, mode: bool = True) -> TransferNet:
         # Lightning calls .train() every epoch; frozen parts must stay in eval mode so BatchNorm
         # running stats and Dropout never change.

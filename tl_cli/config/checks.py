@@ -15,6 +15,9 @@ from tl_cli.transfer.strategies import get_strategy
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
+SAMPLERS = ("random", "balanced")
+# what validation logs (tl_cli/transfer/module.py EVAL_METRICS, and the loss), with the mode of its best value
+MONITORS = {"val/acc": "max", "val/balanced_acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -32,6 +35,8 @@ def check_config(cfg: DictConfig) -> None:
         raise TlcliError(f"optim.min_steps={cfg.optim.min_steps} must be >= 0 (0 = no minimum)")
     check_finetune_options(cfg)
     check_freeze_epochs(cfg)
+    check_imbalance_options(cfg.data)
+    check_monitors(cfg.callbacks)
     check_trainer_keys(cfg.trainer)
 
 
@@ -84,6 +89,37 @@ def check_freeze_epochs(cfg: DictConfig) -> None:
             f"strategy.freeze_epochs={epochs} with trainer.strategy={launch}: DDP must expect the frozen backbone's "
             f"missing gradients; set trainer.strategy=ddp{spawn}_find_unused_parameters_true"
         )
+
+
+def check_imbalance_options(data: DictConfig) -> None:
+    """data.sampler and data.class_weights (`.get`: a resumed run's config may predate them)."""
+    if data.get("sampler", "random") not in SAMPLERS:
+        raise choose_from("data.sampler", data.sampler, SAMPLERS)
+    weights = data.get("class_weights")
+    if weights is not None and weights != "balanced":
+        raise choose_from("data.class_weights", weights, ["balanced", "null"])
+    if weights is not None and (data.get("mixup") or data.get("cutmix")):
+        raise TlcliError(
+            "data.class_weights=balanced does not apply to data.mixup/data.cutmix's soft targets; "
+            "use data.sampler=balanced instead, or data.mixup=0 data.cutmix=0"
+        )
+
+
+def check_monitors(callbacks: DictConfig | None) -> None:
+    """A ModelCheckpoint's or EarlyStopping's `monitor` is a metric validation logs, with the mode that
+    selects its best value: a typo would otherwise fail only after the first epoch, a wrong mode never."""
+    for name, node in (callbacks or {}).items():
+        if not isinstance(node, DictConfig) or node.get("monitor") is None:
+            continue
+        monitor = node.monitor
+        if monitor not in MONITORS:
+            raise choose_from(f"callbacks.{name}.monitor", monitor, MONITORS)
+        mode = node.get("mode", "min")  # Lightning's default
+        if mode != MONITORS[monitor]:
+            raise TlcliError(
+                f"callbacks.{name}.mode={mode} would select the worst {monitor}; "
+                f"set callbacks.{name}.mode={MONITORS[monitor]}"
+            )
 
 
 def check_trainer_keys(trainer: DictConfig) -> None:

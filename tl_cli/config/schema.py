@@ -80,6 +80,11 @@ class DataConfig:
     # timm Mixup/CutMix on train batches (Beta(alpha, alpha) mixing; 0 = off): soft targets, feature cache off
     mixup: float = 0.0  # mixup alpha, e.g. 0.8
     cutmix: float = 0.0  # cutmix alpha, e.g. 1.0; with both on, each batch uses one of the two (50/50)
+    # class imbalance: random | balanced (a WeightedRandomSampler: every class equally likely per draw, with
+    # replacement, the same number of draws per epoch)
+    sampler: str = "random"
+    # null | balanced: the train loss weights class c by n_samples / (n_classes x count_c) of the train split
+    class_weights: str | None = None
     # synthetic data only
     num_classes: int = 4
     image_size: int = 32

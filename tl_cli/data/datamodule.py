@@ -9,7 +9,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    WeightedRandomSampler,
+)
 
 from tl_cli.data.datasets import (
     FolderImages,
@@ -160,6 +168,7 @@ class TransferDataModule(L.LightningDataModule):
         self.features: dict[str, Dataset] = {}  # set by use_features(): cached backbone outputs per split
         self.notes: dict[str, str] = {}
         self.min_train_batches = 0  # set by the training run: optim.min_steps spread over its epochs
+        self.train_labels = np.zeros(0, dtype=np.int64)  # class of each train sample, in split order
 
     @property
     def num_classes(self) -> int:
@@ -190,6 +199,7 @@ class TransferDataModule(L.LightningDataModule):
         if self.cfg.samples_per_class:
             idx = few_shot(idx, y, self.cfg.samples_per_class, self.seed)
         chosen["train"] = (idx, raw.labels["train"][idx])
+        self.train_labels = np.array([label_map[int(c)] for c in chosen["train"][1]], dtype=np.int64)
         for split, (indices, _) in chosen.items():
             base = raw.datasets.get(split, raw.datasets["train"])  # held-out splits index into train
             transform = self.train_transform if split == "train" else self.eval_transform
@@ -242,7 +252,7 @@ class TransferDataModule(L.LightningDataModule):
         # a last batch of one sample breaks BatchNorm in training; drop only that case
         drop_last = train and epoch_size % batch_size == 1
         # the same random order whether images or cached features are served, so results do not change
-        sampler = RandomSampler(dataset, num_samples=epoch_size) if train else SequentialSampler(dataset)
+        sampler = self._train_sampler(dataset, epoch_size) if train else SequentialSampler(dataset)
         if cached:  # index whole batches of the feature tensors at once (no per-sample collate)
             return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
         workers = self.num_workers
@@ -255,6 +265,24 @@ class TransferDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _train_sampler(self, dataset: Dataset, epoch_size: int) -> Sampler:
+        """`epoch_size` draws: a random order, or with data.sampler=balanced every class equally likely (with
+        replacement: a small class repeats within the epoch, a large one is subsampled)."""
+        if self.cfg.get("sampler", "random") == "balanced":  # .get: a resumed run's config may predate the key
+            counts = np.bincount(self.train_labels, minlength=self.num_classes)
+            weights = torch.as_tensor(1.0 / counts[self.train_labels], dtype=torch.float64)
+            return WeightedRandomSampler(weights, num_samples=epoch_size, replacement=True)
+        return RandomSampler(dataset, num_samples=epoch_size)
+
+    def balanced_class_weights(self) -> list[float]:
+        """data.class_weights=balanced: n_samples / (n_classes * count_c) per class of the train split, as
+        sklearn's compute_class_weight("balanced") gives them (a class as frequent as the mean weighs 1)."""
+        counts = np.bincount(self.train_labels, minlength=self.num_classes)
+        if not counts.all():
+            missing = [self.classes[c] for c in np.flatnonzero(counts == 0)]
+            raise TlcliError(f"data.class_weights=balanced: class {missing[0]!r} has no train samples")
+        return (len(self.train_labels) / (self.num_classes * counts)).tolist()
 
     def train_epoch_size(self, batch_size: int) -> int:
         """Samples drawn per training epoch. Few-shot sets repeat (each pass reshuffled) up to

@@ -87,8 +87,19 @@ def build_job(cfg: DictConfig) -> TransferJob:
         cfg.strategy.backbone_lr_mult,
         backbone=cfg.model.backbone,
         config=OmegaConf.to_container(cfg, resolve=False),
+        class_weights=_class_weights(cfg, datamodule),
     )
     return TransferJob(strategy, source, net, module, datamodule, auto)
+
+
+def _class_weights(cfg: DictConfig, datamodule: TransferDataModule) -> list[float] | None:
+    """data.class_weights=balanced: the train split's balanced weights, logged (null: an unweighted loss)."""
+    if cfg.data.get("class_weights") != "balanced":  # .get: a resumed run's config may predate the key
+        return None
+    weights = datamodule.balanced_class_weights()
+    named = zip(datamodule.classes, weights, strict=True)
+    log.info("data.class_weights=balanced (train loss): %s", ", ".join(f"{c} {w:.4g}" for c, w in named))
+    return weights
 
 
 def min_train_batches(cfg: DictConfig) -> int:
@@ -216,8 +227,8 @@ def fit_and_test(trainer: L.Trainer, job: TransferJob, resume_from: str | None =
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     best_score = trainer.checkpoint_callback.best_model_score if best else None
-    if best_score is not None:
-        val_metrics["val/acc"] = float(best_score)
+    if best_score is not None:  # the selected epoch's value of the metric it was selected by
+        val_metrics[trainer.checkpoint_callback.monitor] = float(best_score)
     if best:  # loaded here (not via ckpt_path) so ddp_spawn's child processes test these weights too
         job.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     test_results = trainer.test(job.module, datamodule=job.datamodule, verbose=True)

@@ -1,4 +1,5 @@
-"""LightningModule: steps, torchmetrics, timm Mixup/CutMix, and an optimizer over trainable parameters only."""
+"""LightningModule: steps, torchmetrics, timm Mixup/CutMix, class-weighted loss, and an optimizer over trainable
+parameters only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import param_groups
@@ -26,6 +27,7 @@ class TransferModule(L.LightningModule):
         backbone_lr_mult: float = 1.0,
         backbone: str = "",
         config: dict[str, Any] | None = None,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         # plain containers only, so checkpoints load with torch.load(weights_only=True)
@@ -40,12 +42,10 @@ class TransferModule(L.LightningModule):
         self._seen = 0
         self.channels_last = False  # NHWC images: faster bf16 convolutions on CPUs with native bf16 and on GPUs
         self.mixup = make_mixup((config or {}).get("data") or {}, num_classes, self.optim.get("label_smoothing", 0.0))
-        self.metrics = torch.nn.ModuleDict(
-            {
-                f"{split}_acc": MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
-                for split in ("val", "test")
-            }
-        )
+        # data.class_weights: the train loss's per-class weights (not saved in state_dict: the config has them)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.metrics = torch.nn.ModuleDict([m for split in ("val", "test") for m in eval_metrics(split, num_classes)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -63,8 +63,10 @@ class TransferModule(L.LightningModule):
         logits = self.net.forward_new_layers(images) if self.inputs_are_features else self.net(images)
         if targets is not None:
             return logits, targets.argmax(dim=-1), self.soft_target_loss(logits, targets)
-        smoothing = self.optim.get("label_smoothing", 0.0) if split == "train" else 0.0
-        return logits, labels, F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        if split != "train":  # val/test loss unweighted: comparable across runs and with `tlcli eval`
+            return logits, labels, F.cross_entropy(logits, labels)
+        smoothing = self.optim.get("label_smoothing", 0.0)
+        return logits, labels, F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=smoothing)
 
     def soft_target_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """timm's SoftTargetCrossEntropy: cross-entropy against a target distribution per sample."""
@@ -74,10 +76,12 @@ class TransferModule(L.LightningModule):
 
     def _eval_step(self, batch, split: str) -> None:
         logits, labels, loss = self._forward_loss(batch, split)
-        acc = self.metrics[f"{split}_acc"]
-        acc.update(logits, labels)
         self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=split == "val", batch_size=len(labels))
-        self.log(f"{split}/acc", acc, on_epoch=True, prog_bar=split == "val", batch_size=len(labels))
+        for name in EVAL_METRICS:
+            metric = self.metrics[f"{split}_{name}"]
+            metric.update(logits, labels)
+            bar = name == "acc" and split == "val"
+            self.log(f"{split}/{name}", metric, on_epoch=True, prog_bar=bar, batch_size=len(labels))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits, labels, loss = self._forward_loss(batch, "train")
@@ -147,6 +151,21 @@ class TransferModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+# logged per val/test epoch as <split>/<name>; callbacks.model_checkpoint.monitor may pick any of them (or loss)
+EVAL_METRICS = ("acc", "balanced_acc", "f1_macro")
+
+
+def eval_metrics(split: str, num_classes: int) -> list[tuple[str, torch.nn.Module]]:
+    """torchmetrics for one split: accuracy, balanced accuracy (the mean of per-class recalls) and macro F1. The
+    macro averages skip a class absent from both the labels and the predictions."""
+    kwargs = {"num_classes": num_classes, "validate_args": False}
+    return [
+        (f"{split}_acc", MulticlassAccuracy(average="micro", **kwargs)),
+        (f"{split}_balanced_acc", MulticlassAccuracy(average="macro", **kwargs)),
+        (f"{split}_f1_macro", MulticlassF1Score(average="macro", **kwargs)),
+    ]
 
 
 def make_mixup(data: dict[str, Any], num_classes: int, label_smoothing: float) -> Mixup | None:

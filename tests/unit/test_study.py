@@ -145,3 +145,16 @@ def test_committed_study_doc_matches_the_committed_evidence() -> None:
     assert update(Path(__file__).parents[2] / "docs" / "study.md", check=True), (
         "docs/study.md is out of date: python -m tl_cli.reporting.study_doc docs/study.md"
     )
+
+
+def test_one_source_file_spelled_relative_and_absolute_is_one_group(tmp_path: Path, monkeypatch) -> None:
+    """Stage 1 launched from the repo with weights=outputs/src.safetensors, stage 2 with an absolute path: one group."""
+    source = tmp_path / "outputs" / "src.safetensors"
+    source.parent.mkdir()
+    source.write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    write_job(sweep, "a", "freeze", 0.01, 0, val=0.9, test=0.8, weights="outputs/src.safetensors")
+    write_job(sweep, "b", "freeze", 0.01, 1, val=0.8, test=0.7, weights=str(source))
+    (group,) = group_jobs(load_jobs(sweep))
+    assert group.seeds() == {0, 1} and group.key.weights == str(source)

@@ -100,7 +100,7 @@ def sweep_section(folder: Path) -> list[str]:
         lines += probe_table(probe) + [""]
     wall = folder / "wall_times.txt"
     if wall.is_file():
-        lines += ["Wall times (`make study`):", "", "```", *wall.read_text().strip().splitlines(), "```", ""]
+        lines += ["Wall times (wall_times.txt):", "", "```", *wall.read_text().strip().splitlines(), "```", ""]
     return lines
 
 

@@ -127,6 +127,21 @@ def _val_curve(path: Path) -> dict[int, float]:
     return curve
 
 
+def _absolute_weights(summary: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
+    """summary.json with a relative weights path made absolute, so jobs started from different directories with
+    the same source file group together: relative to the job's working directory (Hydra's runtime.cwd), else to
+    the report's (a job skipped by a later launch from elsewhere has that launch's runtime.cwd)."""
+    weights = (summary or {}).get("weights")
+    if summary is None or not isinstance(weights, str) or Path(weights).is_absolute():
+        return summary
+    hydra = _read_yaml(path / ".hydra" / "hydra.yaml") or {}
+    cwd = (((hydra.get("hydra") or {}).get("runtime")) or {}).get("cwd")
+    for base in [Path(cwd)] if cwd else []:
+        if (base / weights).is_file():
+            return {**summary, "weights": str(base / weights)}
+    return {**summary, "weights": str(Path(weights).resolve())} if Path(weights).is_file() else summary
+
+
 def load_job(path: Path) -> SweepJob:
     """A job folder; its summary is None when the job did not finish (missing or half-written summary.json)."""
     run = RunDir(path)
@@ -134,7 +149,7 @@ def load_job(path: Path) -> SweepJob:
     return SweepJob(
         name=path.name,
         path=path,
-        summary=run.read_summary(),
+        summary=_absolute_weights(run.read_summary(), path),
         overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
         config=config if isinstance(config, dict) else {},
         val_curve=_val_curve(run / METRICS),

@@ -211,3 +211,15 @@ def test_split_with_no_readable_file_is_one_line_from_workers(tmp_path: Path) ->
     assert message.startswith("none of the 2 image files") and "\n" not in message and "Traceback" not in message
     assert folder.unreadable.count() == 2
     folder.unreadable.reported = True  # else its warning comes at exit, after pytest's summary
+
+
+def test_a_config_saved_before_min_steps_existed_trains_without_a_minimum() -> None:
+    """A run saved before optim.min_steps (resume, probe_check) has no such key: it trained without a minimum."""
+    from omegaconf import OmegaConf
+
+    from tl_cli.run.training import min_train_batches
+
+    cfg = OmegaConf.create(OmegaConf.to_container(compose(["model=tiny", "trainer.max_epochs=4"])))
+    assert min_train_batches(cfg) == 75  # the default 300 over 4 epochs
+    del cfg.optim["min_steps"]
+    assert min_train_batches(cfg) == 0

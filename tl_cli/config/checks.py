@@ -31,7 +31,7 @@ def check_config(cfg: DictConfig) -> None:
     speed.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
     if (cfg.data.min_samples_per_epoch or 0) < 0:
         raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
-    if cfg.optim.min_steps < 0:
+    if (cfg.optim.get("min_steps") or 0) < 0:
         raise TlcliError(f"optim.min_steps={cfg.optim.min_steps} must be >= 0 (0 = no minimum)")
     check_finetune_options(cfg)
     check_freeze_epochs(cfg)

@@ -104,10 +104,10 @@ def _class_weights(cfg: DictConfig, datamodule: TransferDataModule) -> list[floa
 
 def min_train_batches(cfg: DictConfig) -> int:
     """Batches per epoch that give optim.min_steps optimizer steps over trainer.max_epochs (0: no minimum)."""
-    epochs = cfg.trainer.get("max_epochs") or 0
-    if not cfg.optim.min_steps or epochs <= 0:
+    epochs, min_steps = cfg.trainer.get("max_epochs") or 0, cfg.optim.get("min_steps") or 0  # .get: a resumed
+    if not min_steps or epochs <= 0:  # run's config may predate the key; it trained without a minimum
         return 0
-    return math.ceil(cfg.optim.min_steps / epochs) * int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    return math.ceil(min_steps / epochs) * int(cfg.trainer.get("accumulate_grad_batches") or 1)
 
 
 def _log_repeats(datamodule: TransferDataModule, cfg: DictConfig) -> None:
@@ -118,7 +118,7 @@ def _log_repeats(datamodule: TransferDataModule, cfg: DictConfig) -> None:
             "data.min_samples_per_epoch=%s)",
             size,
             epoch,
-            cfg.optim.min_steps,
+            cfg.optim.get("min_steps"),
             cfg.trainer.max_epochs,
             cfg.data.min_samples_per_epoch,
         )

@@ -6,7 +6,8 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 EXIT_USAGE = 2  # bad input: config, data, weights
 EXIT_FAILURE = 1  # anything unexpected
@@ -112,3 +113,12 @@ def report(ex: BaseException) -> int:
     sys.stdout.flush()
     print(f"tlcli: error: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def run_module(main: Callable[[list[str]], int], errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
+    """`python -m tl_cli...` entry points: exit with main(argv)'s code, or the one-line error of a TlcliError
+    (or of one of `errors`)."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (TlcliError, *errors) as ex:
+        sys.exit(report(ex))

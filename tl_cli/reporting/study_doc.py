@@ -135,9 +135,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tl_cli.errors import report
+    from tl_cli.errors import run_module
 
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except TlcliError as ex:
-        sys.exit(report(ex))
+    run_module(main)

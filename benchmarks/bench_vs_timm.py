@@ -97,7 +97,6 @@ def run_tlcli(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, floa
     args += [f"trainer.precision={'bf16-mixed' if bf16 else '32-true'}", f"hydra.run.dir={out}"]
     args += [
         "data.aug.scale=[0.08,1.0]",
-        "data.aug.ratio=[0.75,1.3333]",
         "data.aug.hflip=0.5",
         "data.aug.color_jitter=0.4",
     ]

@@ -4,6 +4,7 @@ fit with strategy.freeze_epochs (frozen backbone and BatchNorm statistics, then 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import lightning as L
@@ -15,7 +16,7 @@ from timm.models import group_parameters
 
 from tl_cli.data.features import cache_decision
 from tl_cli.errors import TlcliError
-from tl_cli.transfer.callbacks import _ema_update
+from tl_cli.transfer.callbacks import _ema_decay_at, _ema_update
 from tl_cli.transfer.module import TransferModule
 from tl_cli.transfer.network import TransferNet
 
@@ -83,12 +84,26 @@ def test_ema_update_lerps_floats_keeps_constants_bit_identical_and_copies_intege
     frozen = torch.randn(1000)
     ema, current = [frozen.clone(), torch.zeros(3)], [frozen, torch.ones(3)]
     for _ in range(50):  # EMA of a constant: exactly the constant, every step
-        _ema_update(ema, current, torch.tensor(1), decay=0.999)
+        _ema_update(ema, current, torch.tensor(1), decay=0.999, warmup=False)
     assert torch.equal(ema[0], frozen)
     assert torch.allclose(ema[1], torch.full((3,), 1 - 0.999**50))
     counts = [torch.tensor(5)]  # BatchNorm's num_batches_tracked: copied, as timm's ModelEmaV3 does
-    _ema_update(counts, [torch.tensor(9)], torch.tensor(1), decay=0.999)
+    _ema_update(counts, [torch.tensor(9)], torch.tensor(1), decay=0.999, warmup=False)
     assert counts[0].item() == 9
+
+
+def test_ema_warmup_ramps_the_decay_up_to_its_cap_and_weights_a_short_run_towards_its_late_steps() -> None:
+    decays = [_ema_decay_at(n, 0.999, warmup=True) for n in range(1, 2000)]
+    assert all(a <= b for a, b in itertools.pairwise(decays)) and decays[0] < 0.5 < decays[-1] < 0.999
+    assert _ema_decay_at(10**6, 0.999, warmup=True) == 0.999  # capped
+    assert 0.95 < _ema_decay_at(299, 0.999, warmup=True) < 0.99  # 300 steps: a horizon of tens of steps
+    assert _ema_decay_at(1, 0.999, warmup=False) == 0.999
+    # the weight the average keeps on the initial value after 300 updates: all of it stays without warmup
+    start = {w: torch.ones(1) for w in (True, False)}
+    for warmup, ema in start.items():
+        for n in range(1, 300):
+            _ema_update([ema], [torch.zeros(1)], torch.tensor(n), decay=0.999, warmup=warmup)
+    assert start[True].item() < 0.01 < 0.7 < start[False].item()
 
 
 def _module_with_mixup(num_classes: int = 4, smoothing: float = 0.1) -> TransferModule:

@@ -110,6 +110,8 @@ class OptimConfig:
     # EMA of the weights, updated every optimizer step (lerp as timm's ModelEmaV3); val, test, the checkpoints'
     # state_dict and model.safetensors use the average; in (0, 1), e.g. 0.999; null = off
     ema_decay: float | None = None
+    # timm's EMA decay warmup (ModelEmaV3 use_warmup): decay 1 - (1 + step)^(-2/3) until it reaches ema_decay
+    ema_warmup: bool = True
 
 
 @dataclass

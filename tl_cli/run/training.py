@@ -141,7 +141,7 @@ def run_callbacks(cfg: DictConfig, out: Path) -> tuple[list[L.Callback], Through
     throughput = Throughput()
     ema_decay = cfg.optim.get("ema_decay")  # .get: a resumed run's config may predate the key
     # the EMA before GracefulInterrupt: Ctrl-C's last.ckpt is written after this step's EMA update
-    ema = [WeightEma(ema_decay)] if ema_decay is not None else []
+    ema = [WeightEma(ema_decay, bool(cfg.optim.get("ema_warmup")))] if ema_decay is not None else []
     freeze_epochs = cfg.strategy.get("freeze_epochs") or 0  # strategy=auto refuses it (check_config)
     lp_ft = [FreezeBackboneEpochs(freeze_epochs)] if freeze_epochs else []
     own = [throughput, RngState(), *lp_ft, *ema, GracefulInterrupt(out)]

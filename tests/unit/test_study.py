@@ -138,6 +138,34 @@ def test_study_doc_tables_come_from_the_committed_csvs(tmp_path: Path) -> None:
     assert "Chosen LRs at an edge of the grid: **2 of 2**" in text
 
 
+def test_feature_sweep_table_compares_each_option_with_the_baseline_over_seeds(tmp_path: Path) -> None:
+    """docs/study/features_*: one row per option, its mean over seeds minus the baseline's, in points."""
+    import csv
+
+    from tl_cli.reporting.study_doc import feature_section
+
+    base = "experiment=study_x strategy=finetune optim.lr=0.03 data.samples_per_class=10"
+    rows = [(f"{base} seed={s}", 0.70 + 0.02 * s) for s in range(3)]  # baseline 0.72 ± 0.02
+    rows += [(f"{base} seed={s} optim.ema_decay=0.999", 0.80 + 0.02 * s) for s in range(3)]  # +8 points
+    rows += [(f"{base} seed={s} data.mixup=0.8 data.cutmix=1.0", 0.70 + 0.02 * s) for s in range(2)]  # -1, tied
+    rows += [(f"{base} seed=2 data.mixup=0.8 data.cutmix=1.0", None)]  # unfinished: left out
+    folder = tmp_path / "features_x"
+    folder.mkdir()
+    with open(folder / "report.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["status", "overrides", "dataset", "backbone", "samples_per_class", "strategy", "lr",
+                               "val_acc", "test_acc", "train_seconds"])  # fmt: skip
+        w.writeheader()
+        for overrides, acc in rows:
+            w.writerow({"status": "ok" if acc else "failed", "overrides": overrides, "dataset": "d", "backbone": "b",
+                        "samples_per_class": 10, "strategy": "finetune", "lr": 0.03, "val_acc": acc or "",
+                        "test_acc": acc or "", "train_seconds": 10})  # fmt: skip
+    text = "\n".join(feature_section(folder))
+    assert "`strategy=finetune` at its val-chosen `optim.lr=0.03`" in text
+    assert "| `baseline` | 0.720 ± 0.020 | - | - | 0.720 | 10 | 3 |" in text
+    assert "| `optim.ema_decay=0.999` | 0.820 ± 0.020 | +10.0 | no | 0.820 | 10 | 3 |" in text
+    assert "| `data.cutmix=1.0 data.mixup=0.8` | 0.710 ± 0.014 | -1.0 | yes | 0.710 | 10 | 2 |" in text
+
+
 def test_committed_study_doc_matches_the_committed_evidence() -> None:
     """docs/study.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc after a study)."""
     from tl_cli.reporting.study_doc import update

@@ -104,11 +104,67 @@ def sweep_section(folder: Path) -> list[str]:
     return lines
 
 
+# what a feature sweep's jobs share with its baseline: everything but these is the feature being measured
+_BASE_KEYS = ("experiment", "strategy", "optim.lr", "data.samples_per_class", "seed")
+
+
+def _variant(job: dict[str, str]) -> str:
+    extra = [o for o in job["overrides"].split() if o.split("=", 1)[0] not in _BASE_KEYS]
+    return " ".join(sorted(extra)) or "baseline"
+
+
+def _pooled_std(a: list[float], b: list[float]) -> float:
+    dof = len(a) + len(b) - 2
+    if dof <= 0 or len(a) < 2 or len(b) < 2:
+        return 0.0
+    return (((len(a) - 1) * statistics.variance(a) + (len(b) - 1) * statistics.variance(b)) / dof) ** 0.5
+
+
+def feature_table(report: list[dict[str, str]]) -> list[str]:
+    """One row per feature setting: test acc mean ± std over seeds and its difference from the baseline's."""
+    done = [r for r in report if r["status"] == "ok"]
+    tests: dict[str, list[float]] = {}
+    for r in done:
+        tests.setdefault(_variant(r), []).append(float(r["test_acc"]))
+    base = tests.get("baseline", [])
+    lines = ["| setting | test acc | − baseline (points) | within pooled std | val acc | train s | seeds |"]
+    lines.append("|---|---:|---:|---|---:|---:|---:|")
+    for name in sorted(tests, key=lambda n: (n != "baseline", n)):
+        rows = [r for r in done if _variant(r) == name]
+        acc, val = tests[name], [float(r["val_acc"]) for r in rows]
+        std = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        diff = 100 * (statistics.fmean(acc) - statistics.fmean(base)) if base and name != "baseline" else None
+        tie = "-" if diff is None else ("yes" if abs(diff) <= 100 * _pooled_std(acc, base) else "no")
+        seconds = statistics.fmean(float(r["train_seconds"]) for r in rows)
+        lines.append(
+            f"| `{name}` | {statistics.fmean(acc):.3f} ± {std:.3f} | {'-' if diff is None else f'{diff:+.1f}'} | "
+            f"{tie} | {statistics.fmean(val):.3f} | {seconds:.0f} | {len(acc)} |"
+        )
+    return lines
+
+
+def feature_section(folder: Path) -> list[str]:
+    """A feature sweep (docs/study/features_*/report.csv): one strategy at one LR, each feature alone."""
+    report = _rows(folder / "report.csv")
+    first = next(r for r in report if _variant(r) == "baseline")
+    lines = [
+        f"### Fine-tuning options · {first['dataset']} · {first['samples_per_class']} per class · {first['backbone']}"
+    ]
+    lines += ["", f"Evidence: [`docs/study/{folder.name}/`](study/{folder.name}/) ({len(report)} jobs in report.csv). "]
+    lines[-1] += (
+        f"`strategy={first['strategy']}` at its val-chosen `optim.lr={float(first['lr']):g}`, one option at a time:"
+    )
+    return [*lines, "", *feature_table(report), ""]
+
+
 def generate(docs: Path) -> str:
-    folders = sorted(p for p in (docs / "study").iterdir() if (p / "study.csv").is_file())
+    """The study sweeps' sections, then the fine-tuning option sweeps' (docs/study/features_*)."""
+    folders = sorted(p for p in (docs / "study").iterdir() if p.is_dir())
     lines = [BEGIN, ""]
     for folder in folders:
-        lines += sweep_section(folder)
+        lines += sweep_section(folder) if (folder / "study.csv").is_file() else []
+    for folder in folders:
+        lines += feature_section(folder) if folder.name.startswith("features_") else []
     return "\n".join([*lines, END])
 
 

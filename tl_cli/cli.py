@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "predict": "classify image files with a trained run: predictions CSV with top-k",
     "export": "write a trained run as a standalone onnx / torchscript / safetensors model",
     "report": "compare the runs of a sweep: report.md table, report.csv, report.png plots",
+    "lr-find": "Lightning's LR range test on train's config: suggested optim.lr, lr_find.png",
 }
 
 # The module whose `main(cfg)` runs each command; imported only when the command runs.
@@ -29,6 +30,7 @@ _MODULES: dict[str, str] = {
     "predict": "tl_cli.commands.predict",
     "export": "tl_cli.commands.export",
     "report": "tl_cli.commands.report",
+    "lr-find": "tl_cli.commands.lr_find",
 }
 
 USAGE = f"""tlcli {__version__}: transfer learning on timm backbones (Lightning + Hydra)
@@ -48,6 +50,7 @@ examples:
   tlcli predict ckpt=<run dir> inputs=photos/     # predictions.csv
   tlcli export ckpt=<run dir> format=onnx         # <run dir>/export/model.onnx
   tlcli report <multirun dir>                     # report.md / .csv / .png comparing a sweep's runs
+  tlcli lr-find strategy=finetune                 # suggested optim.lr=... for that train command
 """
 
 # The sweep folder of the `tlcli train -m` in progress, named after the sweep ends. Set in the launching
@@ -160,7 +163,8 @@ def run_hydra(command: str, args: list[str]) -> int:
     register_help_resolver()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)(_task(command))
+    config_name = command.replace("-", "_")  # lr-find: configs/lr_find.yaml
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(_task(command))
     saved_argv = sys.argv
     sys.argv = [f"tlcli {command}", *args]
     try:

@@ -30,6 +30,8 @@ class Feature:
 
 ONNX = Feature("tlcli export format=onnx", "onnx and onnxruntime", "export", ("onnx", "onnxruntime"))
 TENSORBOARD = Feature("logger=tensorboard", "tensorboard", "tensorboard", ("tensorboard",))
+MLFLOW = Feature("logger=mlflow", "mlflow-skinny", "trackers", ("mlflow",))
+WANDB = Feature("logger=wandb", "wandb", "trackers", ("wandb",))
 
 
 def _plugin(usage: str, package: str, extra: str, *modules: str) -> Feature:
@@ -51,8 +53,12 @@ PLUGINS: dict[str, Feature] = {
 LOGGER_TARGETS: dict[str, Feature] = {
     "lightning.pytorch.loggers.TensorBoardLogger": TENSORBOARD,
     "lightning.pytorch.loggers.tensorboard.TensorBoardLogger": TENSORBOARD,
+    "lightning.pytorch.loggers.MLFlowLogger": MLFLOW,
+    "lightning.pytorch.loggers.mlflow.MLFlowLogger": MLFLOW,
+    "lightning.pytorch.loggers.WandbLogger": WANDB,
+    "lightning.pytorch.loggers.wandb.WandbLogger": WANDB,
 }
-FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, *PLUGINS.values())
+FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, *PLUGINS.values())
 
 
 def require(feature: Feature) -> None:

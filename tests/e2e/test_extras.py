@@ -84,6 +84,16 @@ CASES = {
         ("train", "logger=tensorboard", *SMOKE),
         "logger=tensorboard needs tensorboard; pip install 'tlcli[tensorboard]'",
     ),
+    "mlflow": (
+        ("mlflow-skinny",),
+        ("train", "logger=mlflow", *SMOKE),
+        "logger=mlflow needs mlflow-skinny; pip install 'tlcli[trackers]'",
+    ),
+    "wandb": (
+        ("wandb",),
+        ("train", "logger=wandb", *SMOKE),
+        "logger=wandb needs wandb; pip install 'tlcli[trackers]'",
+    ),
 }
 
 
@@ -107,7 +117,7 @@ def test_the_same_runs_work_with_the_extra(tmp_path: Path) -> None:
 def test_core_alone_trains_and_exports_without_onnx(tmp_path: Path) -> None:
     """train and export format=torchscript need no extra: every optional distribution is left out."""
     optional = ("onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "hydra-joblib-launcher")
-    optional += ("hydra-submitit-launcher", "submitit", "SQLAlchemy", "alembic")
+    optional += ("hydra-submitit-launcher", "submitit", "SQLAlchemy", "alembic", "mlflow-skinny", "wandb")
     result = tlcli_without(tmp_path, optional, "train", *SMOKE, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = result.stdout.strip().splitlines()[-1].removeprefix("run_dir: ")

@@ -18,7 +18,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 # Distributions only an extra may bring: one command or option needs each.
 OPTIONAL = {
     "onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "sqlalchemy", "alembic",
-    "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit",
+    "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit", "mlflow-skinny", "wandb",
 }  # fmt: skip
 # Third-party modules tl_cli or benchmarks import only on an optional path, and the extra that declares them.
 OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export", "skimage": "dev"}
@@ -55,7 +55,7 @@ def test_core_dependencies_leave_out_the_optional_packages() -> None:
 def test_all_gathers_every_extra_and_dev_includes_all() -> None:
     extras = _project()["optional-dependencies"]
     features = set(extras) - {"all", "dev"}
-    assert features >= {"export", "optuna", "launchers", "tensorboard"}, features
+    assert features >= {"export", "optuna", "launchers", "tensorboard", "trackers"}, features
     assert _self_extras(extras["all"]) == features
     assert "all" in _self_extras(extras["dev"])
     optional_declared = set().union(*(_extras()[e] for e in features))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from omegaconf import DictConfig
 from tl_cli.config.checks import instantiate_group
 from tl_cli.errors import choose_from
 from tl_cli.extras import require_targets
+from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.resume import mark_started, resume_state
 from tl_cli.run.rundir import RunDir
 from tl_cli.run.training import (
@@ -25,12 +25,6 @@ from tl_cli.run.training import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def run_dir() -> Path:
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
 
 
 def train(cfg: DictConfig) -> float:
@@ -81,29 +75,6 @@ def _optimized(cfg: DictConfig, metrics: dict) -> float:
 def _print_result(metrics: dict, out: Path) -> None:
     print(f"test/acc: {metrics.get('test/acc', float('nan')):.4f}", flush=True)
     print(f"run_dir: {out}", flush=True)
-
-
-def _no_advertisements(record: logging.LogRecord) -> bool:
-    """Lightning's tips for its cloud products (litlogger, litmodels) are not run information."""
-    return "Tip: For seamless cloud" not in str(record.msg)
-
-
-def quiet_framework_noise() -> None:
-    """Lightning logs through its own console handler; let Hydra's root handlers (console + train.log)
-    carry it instead of printing every line twice. Silence warnings that tlcli triggers on purpose."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "torchmetrics"):
-        logging.getLogger(name).handlers.clear()
-        logging.getLogger(name).propagate = True
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_no_advertisements)
-    for message in (
-        ".*module\\(s\\) in eval mode.*",  # frozen parts are kept in eval mode deliberately
-        ".*exists and is not empty.*",  # the run dir already holds Hydra's .hydra/ and train.log
-        ".*LeafSpec.*",
-        ".*does not have many workers.*",  # in-memory datasets are fastest without workers on 2 cores
-        ".*smaller than the logging interval.*",
-    ):
-        warnings.filterwarnings("ignore", message=message)
 
 
 def main(cfg: DictConfig) -> float:

@@ -1,17 +1,19 @@
-"""Structured-config schemas of `tlcli eval`, `predict` and `export`: typos and wrong types fail at composition.
+"""Structured-config schemas of `tlcli eval`, `predict`, `export` and `lr-find`: typos and wrong types fail at
+composition.
 
 Kept import-light (no torch) so `tlcli eval --help` and `--cfg job` stay fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from tl_cli.config.schema import DataConfig
+from tl_cli.config.schema import DataConfig, TrainConfig
 
 
 @dataclass
@@ -49,8 +51,33 @@ class ExportConfig:
 
 
 def register_command_schemas() -> None:
-    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export}.yaml resolvable."""
+    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,lr_find}.yaml resolvable."""
     store = ConfigStore.instance()
     store.store(name="eval_schema", node=EvalConfig)
+@dataclass
+class LrFindSettings:
+    """Lightning's Tuner.lr_find arguments: an exponential sweep from min_lr to max_lr over num_training steps."""
+
+    min_lr: float = 1e-6
+    max_lr: float = 1.0
+    num_training: int = 100
+
+
+@dataclass
+class LrFindConfig(TrainConfig):
+    task_name: str = "lr_find"
+    lr_find: LrFindSettings = field(default_factory=LrFindSettings)
+
+
+def _added_keys(schema: type, base: type) -> DictConfig:
+    """`schema` (a subclass of `base`) with every key of `base` left ???: merged after `base`'s config, it adds
+    its own keys and types without resetting the values the config groups set (??? never overrides a value)."""
+    node = OmegaConf.structured(schema)
+    for f in dataclasses.fields(base):
+        node[f.name] = MISSING
+    return node
+
+
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="lr_find_schema", node=_added_keys(LrFindConfig, TrainConfig))  # after `train` (lr_find.yaml)

@@ -35,6 +35,9 @@ class TransferModule(L.LightningModule):
         self.net = net
         self.optim = dict(optim)
         self.backbone_lr_mult = backbone_lr_mult
+        # the head's LR (the backbone's is lr x backbone_lr_mult): configure_optimizers reads it, and Lightning's
+        # LR finder (`tlcli lr-find`) finds it by this name
+        self.lr = float(self.optim["lr"])
         self.inputs_are_features = False  # True when the datamodule serves cached backbone features
         # this epoch's train loss sum and correct predictions, kept as tensors (no host sync per step)
         self._loss_sum: torch.Tensor | None = None
@@ -135,9 +138,9 @@ class TransferModule(L.LightningModule):
 
         o = self.optim
         layer_decay = o.get("layer_decay")  # .get: checkpoints from before the key existed lack it
-        groups = param_groups(self.net, o["lr"], self.backbone_lr_mult, o["weight_decay"], layer_decay)
+        groups = param_groups(self.net, self.lr, self.backbone_lr_mult, o["weight_decay"], layer_decay)
         extra = {"momentum": o["momentum"]} if o["name"].lower() in ("sgd", "momentum", "nesterov") else {}
-        optimizer = create_optimizer_v2(groups, opt=o["name"], lr=o["lr"], weight_decay=o["weight_decay"], **extra)
+        optimizer = create_optimizer_v2(groups, opt=o["name"], lr=self.lr, weight_decay=o["weight_decay"], **extra)
         if o.get("scheduler", "cosine") == "constant":
             return optimizer
         epochs = max(1, int(self.trainer.max_epochs or 1))

@@ -50,10 +50,6 @@ class ExportConfig:
     check_images: int = 16  # test-split images the parity check runs through both models
 
 
-def register_command_schemas() -> None:
-    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,lr_find}.yaml resolvable."""
-    store = ConfigStore.instance()
-    store.store(name="eval_schema", node=EvalConfig)
 @dataclass
 class LrFindSettings:
     """Lightning's Tuner.lr_find arguments: an exponential sweep from min_lr to max_lr over num_training steps."""
@@ -78,6 +74,10 @@ def _added_keys(schema: type, base: type) -> DictConfig:
     return node
 
 
+def register_command_schemas() -> None:
+    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,lr_find}.yaml resolvable."""
+    store = ConfigStore.instance()
+    store.store(name="eval_schema", node=EvalConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="export_schema", node=ExportConfig)
     store.store(name="lr_find_schema", node=_added_keys(LrFindConfig, TrainConfig))  # after `train` (lr_find.yaml)

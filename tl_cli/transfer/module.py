@@ -34,10 +34,10 @@ class TransferModule(L.LightningModule):
         self.save_hyperparameters(ignore=["net"])
         self.net = net
         self.optim = dict(optim)
-        self.backbone_lr_mult = backbone_lr_mult
         # the head's LR (the backbone's is lr x backbone_lr_mult): configure_optimizers reads it, and Lightning's
         # LR finder (`tlcli lr-find`) finds it by this name
         self.lr = float(self.optim["lr"])
+        self.backbone_lr_mult = backbone_lr_mult
         self.inputs_are_features = False  # True when the datamodule serves cached backbone features
         # this epoch's train loss sum and correct predictions, kept as tensors (no host sync per step)
         self._loss_sum: torch.Tensor | None = None

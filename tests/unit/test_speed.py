@@ -45,3 +45,44 @@ def test_env_replaces_auto_only(monkeypatch) -> None:
     monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: True)
     assert speed.resolve("auto", "auto", "cpu")[:2] == ("32-true", False)
     assert speed.resolve("bf16-mixed", "auto", "cpu")[:2] == ("bf16-mixed", True)
+
+
+def test_torch_optimizers_get_their_fused_kernel_on_cpu_and_timm_ones_do_not() -> None:
+    import torch
+
+    cpu = torch.device("cpu")
+    assert speed.fused_optimizer_kwargs("adamw", cpu) == {"fused": True}
+    assert speed.fused_optimizer_kwargs("sgd", cpu) == {"fused": True}
+    assert speed.fused_optimizer_kwargs("lamb", cpu) == {}  # timm's own class: no fused kernel
+    assert speed.fused_optimizer_kwargs("adamw", torch.device("meta")) == {}
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_module_builds_a_fused_optimizer_unless_told_not_to_and_it_trains_the_same(fused: bool) -> None:
+    """optim.fused: the AdamW step lands within float rounding of torch's per-tensor loop; frozen weights get
+    no gradient and stay bit-identical either way."""
+    import lightning as L
+    import timm
+    import torch
+
+    from tl_cli.transfer.module import TransferModule
+    from tl_cli.transfer.network import TransferNet
+
+    optim = {"name": "adamw", "lr": 0.01, "weight_decay": 0.05, "scheduler": "constant", "fused": fused}
+    results = []
+    for use_fused in (fused, False):
+        torch.manual_seed(0)
+        net = TransferNet(timm.create_model("test_resnet", num_classes=0), 3)
+        net.freeze("backbone")
+        module = TransferModule(net, 3, {**optim, "fused": use_fused})
+        module.trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        optimizer = module.configure_optimizers()
+        assert optimizer.defaults.get("fused") is (True if use_fused else None)
+        frozen = {k: v.clone() for k, v in net.backbone.state_dict().items()}
+        torch.manual_seed(1)
+        loss = module.net(torch.randn(4, 3, 32, 32)).logsumexp(dim=1).mean()
+        loss.backward()
+        optimizer.step()
+        assert all(torch.equal(v, net.backbone.state_dict()[k]) for k, v in frozen.items())
+        results.append(torch.cat([p.detach().flatten() for p in net.parameters() if p.requires_grad]))
+    assert torch.allclose(results[0], results[1], atol=1e-6)

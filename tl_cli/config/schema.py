@@ -112,6 +112,8 @@ class OptimConfig:
     ema_decay: float | None = None
     # timm's EMA decay warmup (ModelEmaV3 use_warmup): decay 1 - (1 + step)^(-2/3) until it reaches ema_decay
     ema_warmup: bool = True
+    # torch's fused optimizer kernel where the optimizer (adam, adamw, sgd) and device (CPU, CUDA) have one
+    fused: bool = True
 
 
 @dataclass

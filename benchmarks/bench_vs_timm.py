@@ -5,9 +5,10 @@ per class), resnet18 from one source weights file, 64 px, batch 64, 3 epochs, Ad
 cosine, channels_last, 0 workers, the same augmentation, seed 1. bf16 autocast where the CPU has native bf16
 (tlcli's `trainer.precision=auto` rule), else fp32 for both. tlcli runs with `optim.min_steps=0`: timm's script
 has no minimum, and the recipe's 93 steps are below tlcli's default of 300. image_folder's default
-augmentation is the recipe's.
+augmentation is the recipe's. A second recipe swaps resnet18 for a ViT (vit_tiny_patch16_224 created at 64 px,
+AdamW 5e-4); everything else stays.
 
-    python -m benchmarks.bench_vs_timm [--repeats 2]
+    python -m benchmarks.bench_vs_timm [--repeats 2] [--recipes resnet18,vit_tiny]
 
 Prints each tool's wall time (process start to exit), train images/s in its own loop (timm: its last logged
 rate of each epoch, averaged; tlcli: summary.json), and val accuracy, then the ratios. Exits 0 with a message
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +59,37 @@ def write_folder(root: Path, per_split: dict[str, int]) -> None:
     shutil.copytree(root / "val", root / "test")  # the recipe tests on val, so tlcli holds nothing out of train
 
 
-def write_source(path: Path) -> None:
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the side-by-side recipes; everything else is ../shared/peers/README.md's."""
+
+    model: str
+    lr: float
+    model_kwargs: tuple[tuple[str, int], ...] = ()  # at creation, for both tools (a ViT's img_size)
+
+
+RECIPES = {
+    "resnet18": Recipe("resnet18", 1e-3),
+    # a ViT at 64 px (16 tokens of 16 px): vit_tiny's 5.7 M parameters; 224 px does not fit 2 CPU cores' budget
+    "vit_tiny": Recipe("vit_tiny_patch16_224", 5e-4, (("img_size", 64),)),
+}
+
+
+def write_source(path: Path, recipe: Recipe) -> None:
+    """The "source weights" both tools start from: the architecture's initial weights at the recipe's size."""
     import timm
     import torch
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    save_file(timm.create_model("resnet18").state_dict(), str(path))
+    save_file(timm.create_model(recipe.model, **dict(recipe.model_kwargs)).state_dict(), str(path))
 
 
-def run_timm(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
     args = [sys.executable, str(PEER), "--data-dir", str(data), "--train-split", "train", "--val-split", "val"]
-    args += ["--model", "resnet18", "--pretrained", "--pretrained-path", str(source), "--num-classes", "10"]
-    args += ["--img-size", "64", "-b", "64", "--epochs", "3", "--opt", "adamw", "--lr", "1e-3"]
+    args += ["--model", recipe.model, "--pretrained", "--pretrained-path", str(source), "--num-classes", "10"]
+    args += ["--img-size", "64", "-b", "64", "--epochs", "3", "--opt", "adamw", "--lr", str(recipe.lr)]
+    args += ["--model-kwargs", *(f"{k}={v}" for k, v in recipe.model_kwargs)] if recipe.model_kwargs else []
     args += ["--weight-decay", "0.05", "--sched", "cosine", "--warmup-epochs", "0", "--cooldown-epochs", "0"]
     args += ["--smoothing", "0", "--device", "cpu", "--channels-last", "-j", "0", "--crop-pct", "1.0"]
     args += ["--scale", "0.08", "1.0", "--color-jitter", "0.4", "--hflip", "0.5", "--seed", "1"]
@@ -89,10 +109,10 @@ def run_timm(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float
     }
 
 
-def run_tlcli(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
-    args = [TLCLI, "train", "data=image_folder", f"data.root={data}", "model=timm", "model.backbone=resnet18"]
+def run_tlcli(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+    args = [TLCLI, "train", "data=image_folder", f"data.root={data}", "model=timm", f"model.backbone={recipe.model}"]
     args += [f"model.weights={source}", "model.img_size=64", "data.batch_size=64", "trainer.max_epochs=3"]
-    args += ["strategy=finetune", "strategy.backbone_lr_mult=1.0", "optim.lr=1e-3", "optim.weight_decay=0.05"]
+    args += ["strategy=finetune", "strategy.backbone_lr_mult=1.0", f"optim.lr={recipe.lr}", "optim.weight_decay=0.05"]
     args += ["data.num_workers=0", "data.crop_pct=1.0", "seed=1", "model.channels_last=true", "optim.min_steps=0"]
     args += [f"trainer.precision={'bf16-mixed' if bf16 else '32-true'}", f"hydra.run.dir={out}"]
     args += [
@@ -109,9 +129,31 @@ def run_tlcli(data: Path, source: Path, out: Path, bf16: bool) -> dict[str, floa
     return {"wall": wall, "images_s": summary["train_images_per_second"], "val_acc": summary["metrics"]["val/acc"]}
 
 
+def side_by_side(recipe: Recipe, tmp_path: Path, repeats: int, bf16: bool) -> None:
+    """Both tools on one recipe, alternating `repeats` times; the medians and the ratios."""
+    source = tmp_path / f"{recipe.model}.safetensors"
+    write_source(source, recipe)
+    results: dict[str, list[dict[str, float]]] = {"timm train.py": [], "tlcli train": []}
+    for i in range(repeats):  # alternate, so drift in machine load hits both
+        results["timm train.py"].append(
+            run_timm(recipe, tmp_path / "data", source, tmp_path / f"t{recipe.model}{i}", bf16)
+        )
+        results["tlcli train"].append(
+            run_tlcli(recipe, tmp_path / "data", source, tmp_path / f"l{recipe.model}{i}", bf16)
+        )
+    med = {tool: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tool, runs in results.items()}
+    rows = [[tool, f"{m['wall']:.1f} s", f"{m['images_s']:.0f}", f"{m['val_acc']:.3f}"] for tool, m in med.items()]
+    print(f"\n{recipe.model}, lr {recipe.lr:g}, {dict(recipe.model_kwargs) or ''}")
+    print(table(["tool", "wall, end to end", "train images/s (own loop)", "val acc"], rows))
+    timm_m, mine = med["timm train.py"], med["tlcli train"]
+    speed = f"end to end {timm_m['wall'] / mine['wall']:.2f}x, in the loop {mine['images_s'] / timm_m['images_s']:.2f}x"
+    print(f"tlcli / timm: {speed} (> 1: tlcli faster); val acc {mine['val_acc'] - timm_m['val_acc']:+.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     args = parser.parse_args()
     if not PEER.is_file():
         print(f"bench_vs_timm: skipped, {PEER} is absent (timm's train.py, the peer to measure against)")
@@ -121,23 +163,9 @@ def main() -> None:
     bf16 = cpu_has_native_bf16()
     print(f"# tlcli vs timm train.py ({'bf16 autocast' if bf16 else 'fp32: no native bf16 on this CPU'}); {machine()}")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        write_folder(tmp_path / "data", {"train": 200, "val": 50})
-        write_source(tmp_path / "src.safetensors")
-        results: dict[str, list[dict[str, float]]] = {"timm train.py": [], "tlcli train": []}
-        for i in range(args.repeats):  # alternate, so drift in machine load hits both
-            results["timm train.py"].append(
-                run_timm(tmp_path / "data", tmp_path / "src.safetensors", tmp_path / f"t{i}", bf16)
-            )
-            results["tlcli train"].append(
-                run_tlcli(tmp_path / "data", tmp_path / "src.safetensors", tmp_path / f"l{i}", bf16)
-            )
-    med = {tool: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tool, runs in results.items()}
-    rows = [[tool, f"{m['wall']:.1f} s", f"{m['images_s']:.0f}", f"{m['val_acc']:.3f}"] for tool, m in med.items()]
-    print(table(["tool", "wall, end to end", "train images/s (own loop)", "val acc"], rows))
-    timm_m, mine = med["timm train.py"], med["tlcli train"]
-    speed = f"end to end {timm_m['wall'] / mine['wall']:.2f}x, in the loop {mine['images_s'] / timm_m['images_s']:.2f}x"
-    print(f"tlcli / timm: {speed} (> 1: tlcli faster); val acc {mine['val_acc'] - timm_m['val_acc']:+.3f}")
+        write_folder(Path(tmp) / "data", {"train": 200, "val": 50})
+        for name in args.recipes.split(","):
+            side_by_side(RECIPES[name], Path(tmp), args.repeats, bf16)
 
 
 if __name__ == "__main__":

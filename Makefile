@@ -49,6 +49,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_startup
 	$(PY) -m benchmarks.bench_throughput
 	$(PY) -m benchmarks.bench_precision
+	$(PY) -m benchmarks.bench_eval_precision
 	$(PY) -m benchmarks.bench_cache
 	$(PY) -m benchmarks.bench_memory
 	$(PY) -m benchmarks.bench_folder_startup

@@ -17,9 +17,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.run.trained import (
+    Inference,
     TrainedModel,
     build_split,
     device_of,
+    inference_for,
     load_model,
     output_folder,
     require,
@@ -42,6 +44,8 @@ def main(cfg: DictConfig) -> float:
     if cfg.batch_size <= 0:
         raise TlcliError(f"batch_size={cfg.batch_size} must be positive")
     model = load_model(cfg.ckpt)
+    device = device_of(cfg.device)
+    inference = inference_for(cfg.precision, model, device)
     data_cfg = eval_data_config(cfg, model)
     seed = cfg.seed if cfg.seed is not None else run_seed(model)
     dataset, data_classes = build_split(data_cfg, model, seed, cfg.split)
@@ -50,10 +54,9 @@ def main(cfg: DictConfig) -> float:
         model.classes = data_classes
     to_model = class_index_map(data_classes, model.classes)
 
-    device = device_of(cfg.device)
     workers = resolve_workers(data_cfg.num_workers, device.type)
     start = time.perf_counter()
-    logits, targets = infer(model.net, dataset, cfg.batch_size, workers, device)
+    logits, targets = infer(model.net, dataset, cfg.batch_size, workers, inference)
     seconds = time.perf_counter() - start
     targets = to_model[targets]
     metrics, per_class, matrix = compute_metrics(logits, targets, len(model.classes))
@@ -79,6 +82,7 @@ def main(cfg: DictConfig) -> float:
         "confusion_matrix": matrix.tolist(),  # rows: true class, columns: predicted class
         "confusion_matrix_png": png.name,
         "seconds": round(seconds, 3),
+        **inference.record(),  # precision and channels_last the network ran at
     }
     path = out / "metrics.json"
     path.write_text(json.dumps(report, indent=2))
@@ -111,14 +115,14 @@ def class_index_map(data_classes: list[str], model_classes: list[str]) -> torch.
 
 @torch.inference_mode()
 def infer(
-    net: torch.nn.Module, dataset: Dataset, batch_size: int, workers: int, device: torch.device
+    net: torch.nn.Module, dataset: Dataset, batch_size: int, workers: int, inference: Inference
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels of the whole dataset, in order."""
-    net.to(device).eval()
+    """fp32 logits and labels of the whole dataset, in order."""
+    net = inference.prepare(net)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     logits, targets = [], []
     for images, labels in loader:
-        logits.append(net(images.to(device)).float().cpu())
+        logits.append(inference.logits(net, images).cpu())
         targets.append(torch.as_tensor(labels))
     return torch.cat(logits), torch.cat(targets).long()
 
@@ -183,7 +187,10 @@ def plot_confusion_matrix(matrix: torch.Tensor, classes: list[str], path: Path, 
 
 def print_report(report: dict[str, Any]) -> None:
     """Headline metrics, and the per-class table when it is short enough to read."""
-    print(f"eval {report['dataset']}/{report['split']}: {report['num_images']} images", flush=True)
+    print(
+        f"eval {report['dataset']}/{report['split']}: {report['num_images']} images at {report['precision']}",
+        flush=True,
+    )
     for key, value in report["metrics"].items():
         print(f"{key}: {value:.4f}")
     if len(report["per_class"]) <= 20:

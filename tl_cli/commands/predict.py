@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
 from tl_cli.errors import TlcliError
-from tl_cli.run.trained import device_of, load_model, require
+from tl_cli.run.trained import Inference, device_of, inference_for, load_model, require
 from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def main(cfg: DictConfig) -> int:
     workers = resolve_workers(cfg.num_workers, device.type, name="num_workers")
     paths = collect_inputs(cfg.inputs)
     model = load_model(cfg.ckpt)
-    net = model.net.to(device)
+    inference = inference_for(cfg.precision, model, device)
+    net = inference.prepare(model.net)
     k = min(cfg.topk, len(model.classes))
     dataset = ImageFiles(paths, model.eval_transform(), model.image_mode)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate, shuffle=False)
@@ -47,7 +48,7 @@ def main(cfg: DictConfig) -> int:
     partial = output.with_name(output.name + ".partial")  # never leave a half-written CSV under the real name
 
     start = time.perf_counter()
-    done, skipped = write_predictions(loader, paths, net, model.classes, k, device, partial)
+    done, skipped = write_predictions(loader, paths, net, model.classes, k, inference, partial)
     seconds = time.perf_counter() - start
     if not done:
         partial.unlink()
@@ -58,7 +59,7 @@ def main(cfg: DictConfig) -> int:
     partial.replace(output)
     print(
         f"predicted {done} images, skipped {len(skipped)} unreadable files, in {seconds:.2f} s "
-        f"({done / seconds:.1f} images/s)",
+        f"({done / seconds:.1f} images/s) at precision={inference.precision}",
         flush=True,
     )
     print(f"predictions: {output}", flush=True)
@@ -66,7 +67,13 @@ def main(cfg: DictConfig) -> int:
 
 
 def write_predictions(
-    loader: DataLoader, paths: list[str], net: torch.nn.Module, classes: list[str], k: int, device, partial: Path
+    loader: DataLoader,
+    paths: list[str],
+    net: torch.nn.Module,
+    classes: list[str],
+    k: int,
+    inference: Inference,
+    partial: Path,
 ) -> tuple[int, list[str]]:
     """Top-k rows of every readable image into the CSV `partial`; returns (images predicted, files skipped)."""
     from tqdm import tqdm
@@ -87,7 +94,7 @@ def write_predictions(
                 log.warning("skipped %s: %s", paths[index], reason)
                 skipped.append(paths[index])
             if images is not None:
-                scores, labels = net(images.to(device)).float().softmax(dim=1).topk(k, dim=1)
+                scores, labels = inference.logits(net, images).softmax(dim=1).topk(k, dim=1)
                 for index, row_scores, row_labels in zip(indices, scores.tolist(), labels.tolist(), strict=True):
                     names = [classes[c] for c in row_labels]
                     top = (SEPARATOR.join(names), SEPARATOR.join(f"{s:.6f}" for s in row_scores))

@@ -20,12 +20,14 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from tl_cli.errors import TlcliError
 from tl_cli.run.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
+from tl_cli.transfer import speed
 from tl_cli.transfer.network import TransferNet
 
 log = logging.getLogger(__name__)
 
 ARCH_KEY = "tlcli_arch"  # safetensors metadata key of an exported model: the architecture as JSON
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")  # eval's and predict's `precision=`
 
 
 @dataclass
@@ -100,6 +102,68 @@ def device_of(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TlcliError(f"device={name} but no CUDA GPU is available; use device=cpu")
     return device
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How eval and predict run the network: on which device, at which precision, in which memory format."""
+
+    device: torch.device
+    precision: str  # 32-true, or a 16-bit one run under torch.autocast (bf16-mixed, 16-mixed)
+    channels_last: bool
+    reason: str
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The network on the device, in eval mode and in the chosen memory format."""
+        net = net.to(self.device).eval()
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+    def logits(self, net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """fp32 logits of one batch through a prepared network (call under torch.inference_mode)."""
+        images = images.to(self.device)
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        dtype = speed.autocast_dtype(self.precision)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            return net(images).float()
+
+    def record(self) -> dict[str, Any]:
+        return {"precision": self.precision, "channels_last": self.channels_last}
+
+
+def inference_for(setting: object, model: TrainedModel, device: torch.device) -> Inference:
+    """`precision=auto`: the run's own precision and model.channels_last, re-resolved for this device by train's
+    rule (speed.resolve), so a bf16 run on a CPU without native bf16 runs in fp32 as train's `auto` would there.
+    `32` / `bf16-mixed` / `16-mixed` force one."""
+    text = str(setting).strip().lower()
+    if text not in PRECISIONS:
+        raise TlcliError(f"precision={setting} is not valid; use {', '.join(PRECISIONS)}")
+    ran = run_precision(model)
+    if text != "auto":
+        requested, why = ("32-true" if text == "32" else text), f"precision={setting} given"
+    elif ran is None:
+        requested, why = "32-true", "no record of the run's precision (exported model): fp32"
+    else:  # a 16-bit run is re-resolved for this device, exactly as trainer.precision=auto would be
+        requested, why = ("auto" if ran == "auto" or speed.is_16bit(ran) else "32-true"), f"the run trained at {ran}"
+    if requested == "16-mixed" and device.type != "cuda":
+        raise TlcliError(f"precision={setting} needs a CUDA GPU; on the CPU use precision=bf16-mixed or 32")
+    config = model.config if model.config is not None else OmegaConf.create()
+    channels_last = OmegaConf.select(config, "model.channels_last", default="auto")
+    precision, use_channels_last, rule = speed.resolve(requested, channels_last, device.type)
+    if requested == "auto":
+        why = f"{why}; {rule}"
+    log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)
+    return Inference(device, precision, use_channels_last, why)
+
+
+def run_precision(model: TrainedModel) -> str | None:
+    """The precision the run trained at: summary.json's (resolved), else its config's trainer.precision; None for
+    an exported model."""
+    summary = RunDir(model.run_dir).read_summary() if model.run_dir else None
+    if summary and summary.get("precision"):
+        return str(summary["precision"])
+    precision = OmegaConf.select(model.config, "trainer.precision") if model.config is not None else None
+    return str(precision) if precision is not None else None
 
 
 def output_folder(model: TrainedModel, override: str | None, name: str) -> Path:

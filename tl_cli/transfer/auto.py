@@ -232,7 +232,7 @@ def _inference_setup(cfg: DictConfig) -> tuple[torch.device, Any, bool]:
     precision, channels_last, _ = speed.resolve(
         cfg.trainer.get("precision", "auto"), cfg.model.channels_last, accelerator
     )
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+    dtype = speed.autocast_dtype(precision)
     if dtype is None or (dtype == torch.float16 and not on_gpu):
         return device, contextlib.nullcontext, channels_last
     return device, functools.partial(torch.autocast, device.type, dtype=dtype), channels_last

@@ -75,6 +75,18 @@ def resolve_workers(
     return max(1, min(8, cores // max(1, devices) - 1))
 
 
+def is_16bit(precision: object) -> bool:
+    """bf16-mixed, bf16-true, 16-mixed, 16-true: the precisions that run in a 16-bit float dtype."""
+    return str(precision).startswith(("bf16", "16"))
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The torch.autocast dtype that runs a forward pass at `precision`; None for fp32 (no autocast)."""
+    if str(precision).startswith("bf16"):
+        return torch.bfloat16
+    return torch.float16 if str(precision).startswith("16") else None
+
+
 def resolve(precision: object, channels_last: object, accelerator: str) -> tuple[str, bool, str]:
     """Turn `auto` settings into concrete ones; returns (precision, channels_last, reason)."""
     reason = "set in config"
@@ -84,7 +96,7 @@ def resolve(precision: object, channels_last: object, accelerator: str) -> tuple
     elif str(precision) == "auto":
         precision, reason = auto_precision(accelerator)
     if str(channels_last).lower() == "auto":
-        channels_last = str(precision).startswith(("bf16", "16"))
+        channels_last = is_16bit(precision)
     else:
         channels_last = str(channels_last).lower() in ("true", "1", "yes")
     return str(precision), bool(channels_last), reason

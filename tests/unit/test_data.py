@@ -138,7 +138,7 @@ def test_min_steps_gives_a_small_set_enough_optimizer_steps(min_steps, epochs, a
     from tl_cli.run.training import min_train_batches
 
     overrides = ["data=digits", "data.samples_per_class=1", "data.batch_size=8", f"optim.min_steps={min_steps}"]
-    overrides += [f"trainer.max_epochs={epochs}", f"+trainer.accumulate_grad_batches={accumulate}"]
+    overrides += [f"trainer.max_epochs={epochs}", f"trainer.accumulate_grad_batches={accumulate}"]
     cfg = compose(["model=tiny", "model.in_chans=1", *overrides])
     dm = datamodule(overrides)
     dm.min_train_batches = min_train_batches(cfg)

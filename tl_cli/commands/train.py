@@ -17,6 +17,8 @@ from tl_cli.run.rundir import RunDir
 from tl_cli.run.training import (
     attach_feature_cache,
     build_job,
+    compile_network,
+    compile_seconds,
     fit_and_test,
     make_trainer,
     run_callbacks,
@@ -47,6 +49,7 @@ def train(cfg: DictConfig) -> float:
     trainer, channels_last = make_trainer(cfg.trainer, cfg.model.channels_last, callbacks, loggers, resuming)
     if channels_last:
         to_channels_last(job)
+    compile_check = compile_network(cfg, job, trainer)
     use_cache = attach_feature_cache(cfg, job, trainer, channels_last)
     if resuming:
         log.info("resuming from %s", state.checkpoint)
@@ -58,6 +61,7 @@ def train(cfg: DictConfig) -> float:
         "channels_last": channels_last,
         "feature_cache": use_cache,
         "seconds_to_first_step": round(throughput.first_step_at or 0.0, 3),
+        "compile_seconds": compile_seconds(compile_check, throughput),
     }
     write_run(run, cfg, job, trainer, result, facts)
     if trainer.is_global_zero:

@@ -16,6 +16,7 @@ from tl_cli.transfer.strategies import get_strategy
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
 SAMPLERS = ("random", "balanced")
+CLIP_ALGORITHMS = ("norm", "value")  # trainer.gradient_clip_algorithm: Lightning's
 # what validation logs (tl_cli/transfer/module.py EVAL_METRICS, and the loss), with the mode of its best value
 MONITORS = {"val/acc": "max", "val/balanced_acc": "max", "val/f1_macro": "max", "val/loss": "min"}
 
@@ -38,6 +39,7 @@ def check_config(cfg: DictConfig) -> None:
     check_imbalance_options(cfg.data)
     check_monitors(cfg.callbacks)
     check_trainer_keys(cfg.trainer)
+    check_step_options(cfg.trainer)
 
 
 def check_finetune_options(cfg: DictConfig) -> None:
@@ -135,6 +137,22 @@ def check_trainer_keys(trainer: DictConfig) -> None:
         unchecked = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
         if isinstance(value, str) and not unchecked and not _accepts_string(hints.get(key, str), value):
             raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
+
+
+def check_step_options(trainer: DictConfig) -> None:
+    """trainer.accumulate_grad_batches and trainer.gradient_clip_val/_algorithm, which Lightning would take as
+    they are (a negative clip value flips the gradients) or refuse only with a traceback."""
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise TlcliError(
+            f"trainer.accumulate_grad_batches={accumulate} must be an integer >= 1 (1: an optimizer step per batch)"
+        )
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or clip < 0):
+        raise TlcliError(f"trainer.gradient_clip_val={clip} must be >= 0, e.g. 1.0 (null or 0: no clipping)")
+    algorithm = trainer.get("gradient_clip_algorithm")
+    if algorithm is not None and algorithm not in CLIP_ALGORITHMS:
+        raise choose_from("trainer.gradient_clip_algorithm", algorithm, CLIP_ALGORITHMS)
 
 
 def _accepts_string(hint: Any, value: str) -> bool:

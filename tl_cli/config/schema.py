@@ -52,6 +52,7 @@ class ModelConfig:
     in_chans: int = 3
     img_size: int | None = None  # input resolution; null = the backbone's pretrained default
     channels_last: str = "auto"  # auto | true | false (auto: on with 16-bit precision)
+    compile: bool = False  # torch.compile the network for training steps (val, test and saved weights: eager)
     drop_rate: float = 0.0
     drop_path_rate: float | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs

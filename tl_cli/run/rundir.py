@@ -51,6 +51,8 @@ class Summary:
     channels_last: bool | None = None
     feature_cache: bool | None = None
     seconds_to_first_step: float | None = None
+    # model.compile=true: the backend check plus the first training step's extra time (torch.compile is lazy)
+    compile_seconds: float | None = None
     unreadable_files: int = 0  # image files that failed to decode; each was replaced by the next readable one
     strategy_auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen
 

@@ -192,6 +192,32 @@ def to_channels_last(job: TransferJob) -> None:
     job.module.channels_last = True
 
 
+def compile_network(cfg: DictConfig, job: TransferJob, trainer: L.Trainer) -> float | None:
+    """model.compile=true: check that torch.compile builds for the training device, then let the training steps
+    run the compiled network (tl_cli/transfer/module.py); returns the check's seconds, None when off."""
+    if not cfg.model.get("compile"):  # .get: a resumed run's config may predate the key
+        return None
+    start = time.perf_counter()
+    speed.check_compile(trainer.strategy.root_device.type)
+    job.module.compile_net = True
+    return time.perf_counter() - start
+
+
+def compile_seconds(check_seconds: float | None, throughput: Throughput) -> float | None:
+    """What model.compile cost, logged: the backend check plus the first training step's extra time (torch.compile
+    compiles lazily, in that step's forward and backward). None when off."""
+    if check_seconds is None:
+        return None
+    extra = throughput.first_step_extra()
+    log.info(
+        "model.compile: %.1f s compiling (backend check %.1f s, first training step %.1f s over the next ones)",
+        check_seconds + extra,
+        check_seconds,
+        extra,
+    )
+    return round(check_seconds + extra, 3)
+
+
 def feature_cache_extra(cfg: DictConfig) -> dict[str, Any]:
     """What the feature cache key holds besides the backbone's tensors, the transform and the samples."""
     return {"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root}

@@ -28,21 +28,36 @@ log = logging.getLogger(__name__)
 
 
 class Throughput(L.Callback):
-    """Wall time of the training epochs (validation excluded) and images seen, for summary.json."""
+    """Wall time of the training epochs (validation excluded) and images seen, for summary.json; the first
+    steps' times, for what the first step does once (torch.compile compiles then)."""
+
+    FIRST_STEPS = 6  # steps timed one by one: the first and a median of the rest
 
     def __init__(self) -> None:
         self.seconds, self.images, self._start = 0.0, 0, 0.0
         self.first_step_at: float | None = None  # seconds since process start
+        self.step_seconds: list[float] = []  # the first FIRST_STEPS training steps, optimizer step included
+        self._step_start = 0.0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time() - STARTED_AT
+        self._step_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.images += len(batch[1])
+        if len(self.step_seconds) < self.FIRST_STEPS:
+            self.step_seconds.append(time.perf_counter() - self._step_start)
+
+    def first_step_extra(self) -> float:
+        """The first step's time beyond the median of the next few (all of it when it was the only one)."""
+        if not self.step_seconds:
+            return 0.0
+        first, rest = self.step_seconds[0], self.step_seconds[1:]
+        return max(0.0, first - float(np.median(rest))) if rest else first
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.seconds += time.perf_counter() - self._start

@@ -4,6 +4,7 @@ parameters only."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -45,6 +46,8 @@ class TransferModule(L.LightningModule):
         self._correct: torch.Tensor | None = None
         self._seen = 0
         self.channels_last = False  # NHWC images: faster bf16 convolutions on CPUs with native bf16 and on GPUs
+        self.compile_net = False  # model.compile: training steps run torch.compile's network (set by tlcli train)
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # that network, during fit only
         self.mixup = make_mixup((config or {}).get("data") or {}, num_classes, self.optim.get("label_smoothing", 0.0))
         # data.class_weights: the train loss's per-class weights (not saved in state_dict: the config has them)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
@@ -64,7 +67,10 @@ class TransferModule(L.LightningModule):
             images, targets = mix_batch(self.mixup, images, labels)
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = self.net.forward_new_layers(images) if self.inputs_are_features else self.net(images)
+        if split == "train" and self._compiled is not None:
+            logits = self._compiled(images)
+        else:
+            logits = self.net.forward_new_layers(images) if self.inputs_are_features else self.net(images)
         if targets is not None:
             return logits, targets.argmax(dim=-1), self.soft_target_loss(logits, targets)
         if split != "train":  # val/test loss unweighted: comparable across runs and with `tlcli eval`
@@ -111,6 +117,18 @@ class TransferModule(L.LightningModule):
                 f"training loss became {self._loss_sum.item()} by epoch {self.current_epoch}, "
                 f"step {self.global_step}; lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true"
             )
+
+    def on_train_start(self) -> None:
+        if not self.compile_net:
+            return
+        # a bound method, not the module: torch.compile(module) would register an OptimizedModule and add
+        # `_orig_mod.` keys to state_dict. Made here, not in __init__: ddp_spawn pickles the module before fit.
+        # The reset drops a sweep's earlier jobs' graphs, which would count against dynamo's recompile limit.
+        torch.compiler.reset()
+        self._compiled = torch.compile(self.net.forward_new_layers if self.inputs_are_features else self.net.forward)
+
+    def on_train_end(self) -> None:
+        self._compiled = None  # val/test and anything after fit run the eager network
 
     def on_validation_start(self) -> None:
         self._stop_if_not_finite()  # before validation ends in a checkpoint of the (nan) weights

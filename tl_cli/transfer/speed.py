@@ -102,6 +102,33 @@ def resolve(precision: object, channels_last: object, accelerator: str) -> tuple
     return str(precision), bool(channels_last), reason
 
 
+def _compile_probe(x: torch.Tensor) -> torch.Tensor:
+    return x * 2 + 1
+
+
+@functools.cache
+def compile_backend_error(device_type: str) -> str | None:
+    """Why torch.compile's default backend (inductor) cannot build code for this device type here, or None.
+    Tried on a tiny function: inductor needs a working C++ compiler on CPUs and Triton on GPUs, and dynamo a
+    supported Python; none has a cheaper check that covers all three."""
+    try:
+        torch.compile(_compile_probe)(torch.ones(8, device=device_type))
+    except Exception as ex:  # InductorError (no C++ compiler), BackendCompilerFailed (no Triton), RuntimeError
+        first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
+        return first[:300]
+    return None
+
+
+def check_compile(device_type: str) -> None:
+    """model.compile=true: a one-line error where torch.compile cannot build for the training device."""
+    error = compile_backend_error(device_type)
+    if error is not None:
+        raise TlcliError(
+            f"model.compile=true: torch.compile cannot build code for {device_type} here ({error}); "
+            f"set model.compile=false"
+        )
+
+
 def fused_optimizer_kwargs(name: str, device: torch.device) -> dict[str, bool]:
     """{"fused": True} when timm's optimizer `name` is a torch optimizer with a fused kernel (Adam, AdamW, SGD) and
     the weights are on a CPU or a CUDA GPU: one kernel over every tensor instead of a Python loop per tensor (on

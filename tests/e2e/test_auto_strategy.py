@@ -1,7 +1,10 @@
-"""`tlcli train strategy=auto` end to end: it measures, logs and records its choice, then trains the chosen
-strategy's network; a random source must give scratch; bad thresholds are one-line errors."""
+"""`tlcli train strategy=auto` end to end. method=rule: it measures, logs and records its choice, then trains the
+chosen strategy's network; a random source must give scratch. method=race (tests/e2e/test_race.py). Bad settings
+are one-line errors."""
 
 from __future__ import annotations
+
+import pytest
 
 from tests.conftest import assert_one_line_error, compose, run_dir_of, summary_of
 
@@ -13,13 +16,13 @@ THRESHOLDS = {"large_min_per_class": 100, "min_gain": 0.02, "similar_min_score":
 def test_auto_on_the_embedded_default(tlcli) -> None:
     """Embedded Fashion-MNIST source -> digits (10 per class, one epoch)."""
     overrides = ["data.samples_per_class=10", "trainer.max_epochs=1"]
-    result = tlcli("train", "strategy=auto", *overrides)
+    result = tlcli("train", "strategy=auto", "strategy.auto.method=rule", *overrides)
     run_dir = run_dir_of(result)
     assert "strategy=auto chose " in result.stdout + result.stderr
     summary = summary_of(run_dir)
     assert summary["strategy"] == "auto"
     auto = summary["strategy_auto"]
-    assert auto["chosen"] in CHOICES and auto["rule"].endswith(f"-> {auto['chosen']}")
+    assert auto["method"] == "rule" and auto["chosen"] in CHOICES and auto["rule"].endswith(f"-> {auto['chosen']}")
     assert all(isinstance(auto[k], (int, float)) for k in FIGURES)
     assert auto["samples_per_class"] == 10 and auto["probe_train"] == 100
     assert 0 <= auto["probe_acc_random"] <= 1 and 0 <= auto["probe_acc_source"] <= 1
@@ -36,7 +39,7 @@ def test_auto_on_the_embedded_default(tlcli) -> None:
 def test_a_random_source_gives_scratch(tlcli) -> None:
     """model=tiny has model.weights=null: the "source" is the seeded random init itself, so its features are
     exactly the reference's (gain 0.0, not a noisy small number) and auto must fall back to scratch."""
-    result = tlcli("train", "strategy=auto", "experiment=smoke", "trainer.max_epochs=1")
+    result = tlcli("train", "strategy=auto", "strategy.auto.method=rule", "experiment=smoke", "trainer.max_epochs=1")
     summary = summary_of(run_dir_of(result))
     auto = summary["strategy_auto"]
     assert auto["chosen"] == "scratch" and auto["gain"] == 0.0
@@ -45,6 +48,15 @@ def test_a_random_source_gives_scratch(tlcli) -> None:
     assert summary["params"]["frozen"] == 0
 
 
-def test_bad_auto_threshold_is_one_line(tlcli) -> None:
-    result = tlcli("train", "strategy=auto", "experiment=smoke", "strategy.auto.min_gain=-0.1")
-    assert_one_line_error(result, "strategy.auto.min_gain=-0.1", "between 0 and 1")
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("strategy.auto.min_gain=-0.1", ["strategy.auto.min_gain=-0.1", "between 0 and 1"]),
+        ("strategy.auto.method=vote", ["strategy.auto.method", "'vote'", "race, rule"]),
+        ("strategy.auto.race_fraction=1.5", ["strategy.auto.race_fraction=1.5", "between 0 and 1"]),
+        ("strategy.auto.prior=best", ["strategy.auto.prior", "'best'", "extend_finetune"]),
+    ],
+)
+def test_bad_auto_setting_is_one_line(tlcli, override: str, fragments: list[str]) -> None:
+    result = tlcli("train", "strategy=auto", "experiment=smoke", override)
+    assert_one_line_error(result, *fragments)

@@ -113,11 +113,11 @@ def test_an_auto_run_dir_is_rebuilt_with_the_strategy_it_chose(tmp_path: Path) -
 
 
 def test_auto_builds_exactly_the_chosen_strategys_network() -> None:
-    """Same seed: the auto job's network, trainable set and optimizer settings equal strategy=<chosen>'s."""
+    """method=rule, same seed: the auto job's network, trainable set and optimizer settings are the chosen one's."""
     from tl_cli.run.training import build_job as build
 
     overrides = ["data.samples_per_class=5", "data.augment=false"]
-    auto_job = build(compose(["strategy=auto", *overrides]))
+    auto_job = build(compose(["strategy=auto", "strategy.auto.method=rule", *overrides]))
     record = auto_job.auto
     assert record["chosen"] in ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
     assert record["samples_per_class"] == 5 and record["probe_train"] == 50

@@ -8,23 +8,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tl_cli.config.checks import instantiate_group
 from tl_cli.errors import choose_from
 from tl_cli.extras import require_targets
 from tl_cli.run.command import quiet_framework_noise, run_dir
-from tl_cli.run.resume import mark_started, resume_state
+from tl_cli.run.resume import resume_state
 from tl_cli.run.rundir import RunDir
-from tl_cli.run.training import (
-    attach_feature_cache,
-    build_job,
-    compile_network,
-    compile_seconds,
-    fit_and_test,
-    make_trainer,
-    run_callbacks,
-    to_channels_last,
-    write_run,
-)
+from tl_cli.run.training import fit_run, score_on_test, write_run
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +31,27 @@ def train(cfg: DictConfig) -> float:
         log.info("already finished with this config, skipping: %s (delete its summary.json to rerun)", run.path)
         _print_result(state.finished["metrics"], run.path)
         return _optimized(cfg, state.finished["metrics"])
-    job = build_job(cfg)
-    callbacks, throughput = run_callbacks(cfg, run.path)
-    loggers = instantiate_group(cfg.logger, "logger")
-    resuming = state.checkpoint is not None
-    trainer, channels_last = make_trainer(cfg.trainer, cfg.model.channels_last, callbacks, loggers, resuming)
-    if channels_last:
-        to_channels_last(job)
-    compile_check = compile_network(cfg, job, trainer)
-    use_cache = attach_feature_cache(cfg, job, trainer, channels_last)
-    if resuming:
-        log.info("resuming from %s", state.checkpoint)
-    mark_started(run, state.config_sha)
-    result = fit_and_test(trainer, job, state.checkpoint)
-    facts = {
-        "train_images_per_second": round(throughput.images / throughput.seconds, 2) if throughput.seconds else 0.0,
-        "config_sha": state.config_sha,
-        "channels_last": channels_last,
-        "feature_cache": use_cache,
-        "seconds_to_first_step": round(throughput.first_step_at or 0.0, 3),
-        "compile_seconds": compile_seconds(compile_check, throughput),
-    }
-    write_run(run, cfg, job, trainer, result, facts)
+    racing = uses_race(cfg)
+    if racing:  # strategy=auto's race: candidates first, then the winner fitted in this run dir
+        from tl_cli.run import race
+
+        fitted = race.race_and_fit(cfg, run, state.config_sha, state.checkpoint)
+    else:
+        fitted = fit_run(cfg, run, state.config_sha, state.checkpoint)
+    trainer = fitted.trainer
+    result = score_on_test(trainer, fitted.job, fitted.result)
+    write_run(run, cfg, fitted.job, trainer, result, fitted.facts)
+    if racing:
+        race.tidy(run)
     if trainer.is_global_zero:
         _print_result(result.metrics, run.path)
     return _optimized(cfg, result.metrics)
+
+
+def uses_race(cfg: DictConfig) -> bool:
+    from tl_cli.transfer.auto import settings_of
+
+    return cfg.strategy.name == "auto" and settings_of(cfg).method == "race"
 
 
 def _optimized(cfg: DictConfig, metrics: dict) -> float:

@@ -25,8 +25,16 @@ class ExtensionConfig:
 
 @dataclass
 class AutoConfig:
-    """strategy=auto: thresholds of the rule in tl_cli/transfer/auto.py (defaults and their reasons: README)."""
+    """strategy=auto: the race (tl_cli/run/race.py) or the rule (tl_cli/transfer/auto.py); defaults and their
+    reasons: README."""
 
+    method: str = "race"  # race: measure the strategies on val | rule: the classic table on a linear probe
+    # race: trainable candidates first train this share of trainer.max_epochs; the best by val continues
+    race_fraction: float = 0.3
+    scratch_min_per_class: int = 50  # race: scratch races only when the smallest train class has this many
+    min_val_per_class: int = 5  # race: fewer val images in the smallest class -> no race, the prior
+    prior: str = "finetune"  # race: the choice for tiny val sets, and the first pick among val ties
+    tie_se: float = 1.0  # race: within this many standard errors of the best val acc counts as a tie
     large_min_per_class: int = 100  # large data: the smallest class has at least this many train samples
     min_gain: float = 0.02  # probe accuracy of source minus random features below this: scratch
     similar_min_score: float = 0.8  # similar task: chance-corrected probe accuracy of source features >= this

@@ -39,6 +39,15 @@ class Choice:
 
 
 @dataclass
+class AutoRun:
+    """One strategy=auto job of a cell: its method, what it picked, and its own test accuracy."""
+
+    method: str  # race | rule (records from before the race have no method: the rule)
+    pick: str
+    test_acc: float | None
+
+
+@dataclass
 class Cell:
     dataset: str
     backbone: str
@@ -46,6 +55,7 @@ class Cell:
     samples_per_class: int | None
     choices: dict[str, Choice] = field(default_factory=dict)
     auto_picks: list[str] = field(default_factory=list)  # one per auto job (seed)
+    auto_runs: list[AutoRun] = field(default_factory=list)
 
     def ranking(self) -> list[Choice]:
         return sorted(self.choices.values(), key=lambda c: -(c.test[0] if c.test[0] is not None else -math.inf))
@@ -60,6 +70,14 @@ class Cell:
     def auto_hits(self) -> int:
         winners = self.winners()
         return sum(pick in winners for pick in self.auto_picks)
+
+    def regret(self, strategy: str) -> float | None:
+        """Points of test accuracy lost by picking `strategy` instead of the cell's best (both at their
+        val-chosen LR, mean over seeds); None where the cell did not run it."""
+        ranked, choice = self.ranking(), self.choices.get(strategy)
+        if not ranked or choice is None or choice.test[0] is None or ranked[0].test[0] is None:
+            return None
+        return 100.0 * (ranked[0].test[0] - choice.test[0])
 
 
 def _source_name(weights: str) -> str:
@@ -104,7 +122,10 @@ def build_cells(groups: list[Group], jobs: list[SweepJob]) -> list[Cell]:
             continue
         cell = cells.get((s.get("dataset"), s.get("backbone"), _source(job), s.get("samples_per_class")))
         if cell is not None:
-            cell.auto_picks.append(str(s["strategy_auto"].get("chosen")))
+            pick = str(s["strategy_auto"].get("chosen"))
+            cell.auto_picks.append(pick)
+            test = (s.get("metrics") or {}).get("test/acc")
+            cell.auto_runs.append(AutoRun(str(s["strategy_auto"].get("method", "rule")), pick, test))
     order = sorted(
         cells.values(), key=lambda c: (c.dataset, c.backbone, str(c.weights), _spc_order(c.samples_per_class))
     )
@@ -118,6 +139,59 @@ def _strategies(cells: list[Cell]) -> list[str]:
 def hit_rate(cells: list[Cell]) -> tuple[int, int]:
     """(auto picks that were the best strategy or tied with it, auto picks)."""
     return sum(c.auto_hits() for c in cells), sum(len(c.auto_picks) for c in cells)
+
+
+@dataclass
+class Scorecard:
+    """How one way of choosing did over the cells: best-or-tied picks, pick regret, own test accuracy."""
+
+    name: str
+    picks: int
+    hits: int
+    mean_regret: float  # points, mean over picks
+    worst_regret: float
+    own_minus_best: float | None  # auto only: its own test acc minus the cell's best, points, mean over runs
+
+
+def scorecards(cells: list[Cell]) -> list[Scorecard]:
+    """Each auto method over its runs (a pick per seed), and each constant strategy over the cells where auto ran
+    (a pick per cell: with the same seeds in every cell, the two weigh the cells alike)."""
+    scored = [c for c in cells if c.auto_runs]
+    cards = []
+    for method in sorted({r.method for c in scored for r in c.auto_runs}):
+        runs = [(c, r) for c in scored for r in c.auto_runs if r.method == method]
+        regrets = [c.regret(r.pick) or 0.0 for c, r in runs]
+        own = [100.0 * (r.test_acc - c.ranking()[0].test[0]) for c, r in runs if r.test_acc is not None]
+        hits = sum(r.pick in c.winners() for c, r in runs)
+        cards.append(Scorecard(f"auto ({method})", len(runs), hits, _mean(regrets), max(regrets), _mean(own)))
+    for strategy in _strategies(scored):
+        ran = [c for c in scored if strategy in c.choices]
+        if not ran:
+            continue
+        regrets = [c.regret(strategy) or 0.0 for c in ran]
+        hits = sum(strategy in c.winners() for c in ran)
+        cards.append(Scorecard(f"always {strategy}", len(ran), hits, _mean(regrets), max(regrets), None))
+    return cards
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def scorecard_lines(cards: list[Scorecard]) -> list[str]:
+    """A markdown table of the scorecards."""
+    lines = [
+        "| how the strategy is chosen | picks | best or tied | mean regret (points) | worst regret | "
+        "own test acc minus the cell's best |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for card in cards:
+        own = f"{card.own_minus_best:+.1f}" if card.own_minus_best is not None else "-"
+        share = f"{card.hits}/{card.picks} ({card.hits / card.picks:.0%})"
+        lines.append(
+            f"| {card.name} | {card.picks} | {share} | {card.mean_regret:.1f} | {card.worst_regret:.1f} | {own} |"
+        )
+    return lines
 
 
 def write_markdown(sweep: Path, cells: list[Cell]) -> Path:
@@ -159,6 +233,11 @@ def write_markdown(sweep: Path, cells: list[Cell]) -> Path:
         lines += [
             f"**auto hit rate: {hits}/{total} = {hits / total:.0%}** of its picks were the best strategy of "
             "their cell or tied with it.",
+            "",
+            "Regret: the cell's best mean test accuracy minus the picked strategy's, both at their val-chosen LR; "
+            "the constant strategies are scored on the same cells, once per auto run.",
+            "",
+            *scorecard_lines(scorecards(cells)),
             "",
         ]
     lines += [

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from tl_cli.config.checks import check_config, instantiate_group
 from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
 from tl_cli.data.features import cache_decision, cached_feature_splits
+from tl_cli.errors import TlcliError
+from tl_cli.run.resume import mark_started
 from tl_cli.run.rundir import MODEL, RunDir, Summary
 from tl_cli.transfer import speed
 from tl_cli.transfer.callbacks import FreezeBackboneEpochs, GracefulInterrupt, RngState, Throughput, WeightEma
@@ -46,6 +48,16 @@ class FitResult:
     train_seconds: float
 
 
+@dataclass
+class Fitted:
+    """A job fitted in its run dir, ready to be tested and written (fit_run)."""
+
+    job: TransferJob
+    trainer: L.Trainer
+    result: FitResult
+    facts: dict[str, Any]  # run facts for summary.json: throughput, cache, compile, config_sha
+
+
 def backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """timm.create_model arguments of the backbone, besides its name and weights. `img_size` always goes along:
     create_backbone passes it to timm where the parameters depend on it, and checks the model runs at it."""
@@ -62,8 +74,11 @@ def build_job(cfg: DictConfig) -> TransferJob:
     check_config(cfg)
     auto = None
     if cfg.strategy.name == "auto":  # measure and choose; then build exactly what strategy=<chosen> builds
-        from tl_cli.transfer.auto import choose
+        from tl_cli.transfer.auto import check_settings, choose, settings_of
 
+        check_settings(settings_of(cfg))
+        if settings_of(cfg).method != "rule":  # the race trains candidates first: tlcli train runs it
+            raise TlcliError("strategy.auto.method=race runs in `tlcli train`; here use strategy.auto.method=rule")
         cfg, auto = choose(cfg, backbone_kwargs(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     strategy = get_strategy(cfg.strategy.name)
@@ -245,8 +260,8 @@ def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, 
     return True
 
 
-def fit_and_test(trainer: L.Trainer, job: TransferJob, resume_from: str | None = None) -> FitResult:
-    """Fit, reload the best-val weights, test them; val metrics are those of the selected epoch."""
+def fit(trainer: L.Trainer, job: TransferJob, resume_from: str | None = None) -> FitResult:
+    """Fit; the val metrics are those of the selected (best-val) epoch."""
     start = time.perf_counter()
     trainer.fit(job.module, datamodule=job.datamodule, ckpt_path=resume_from)
     train_seconds = time.perf_counter() - start
@@ -255,10 +270,44 @@ def fit_and_test(trainer: L.Trainer, job: TransferJob, resume_from: str | None =
     best_score = trainer.checkpoint_callback.best_model_score if best else None
     if best_score is not None:  # the selected epoch's value of the metric it was selected by
         val_metrics[trainer.checkpoint_callback.monitor] = float(best_score)
-    if best:  # loaded here (not via ckpt_path) so ddp_spawn's child processes test these weights too
-        job.module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    return FitResult(val_metrics, best, train_seconds)
+
+
+def fit_run(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str | None = None) -> Fitted:
+    """Build the job and its Trainer (the configured callbacks and loggers, writing into the run dir) and fit it,
+    resuming from a checkpoint when given."""
+    job = build_job(cfg)
+    callbacks, throughput = run_callbacks(cfg, run.path)
+    loggers = instantiate_group(cfg.logger, "logger")
+    resuming = resume_from is not None
+    trainer, channels_last = make_trainer(cfg.trainer, cfg.model.channels_last, callbacks, loggers, resuming)
+    if channels_last:
+        to_channels_last(job)
+    compile_check = compile_network(cfg, job, trainer)
+    use_cache = attach_feature_cache(cfg, job, trainer, channels_last)
+    if resuming:
+        log.info("resuming from %s", resume_from)
+    mark_started(run, config_sha)
+    result = fit(trainer, job, resume_from)
+    facts = {
+        "train_images_per_second": round(throughput.images / throughput.seconds, 2) if throughput.seconds else 0.0,
+        "config_sha": config_sha,
+        "channels_last": channels_last,
+        "feature_cache": use_cache,
+        "seconds_to_first_step": round(throughput.first_step_at or 0.0, 3),
+        "compile_seconds": compile_seconds(compile_check, throughput),
+    }
+    return Fitted(job, trainer, result, facts)
+
+
+def score_on_test(trainer: L.Trainer, job: TransferJob, fitted: FitResult) -> FitResult:
+    """Reload the best-val weights of a fit and test them."""
+    if fitted.best_checkpoint:  # loaded here (not via ckpt_path) so ddp_spawn's child processes test them too
+        state = torch.load(fitted.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        job.module.load_state_dict(state)
     test_results = trainer.test(job.module, datamodule=job.datamodule, verbose=True)
-    return FitResult({**val_metrics, **{k: float(v) for k, v in test_results[0].items()}}, best, train_seconds)
+    metrics = {**fitted.metrics, **{k: float(v) for k, v in test_results[0].items()}}
+    return FitResult(metrics, fitted.best_checkpoint, fitted.train_seconds)
 
 
 def write_run(

@@ -95,15 +95,31 @@ def decide(
     return chosen, f"gain {gain:+.3f} >= min_gain {min_gain:g}; {size} + {task} -> {chosen}"
 
 
+METHODS = ("race", "rule")
+CHOICES = ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
+
+
 def check_settings(settings: DictConfig) -> None:
-    """One-line errors for thresholds out of range."""
+    """One-line errors for a method or thresholds out of range."""
+    from tl_cli.errors import choose_from
+
+    if settings.method not in METHODS:
+        raise choose_from("strategy.auto.method", settings.method, METHODS)
+    if settings.prior not in CHOICES:
+        raise choose_from("strategy.auto.prior", settings.prior, CHOICES)
     for key in ("min_gain", "similar_min_score"):
         value = settings[key]
         if not 0.0 <= value <= 1.0:
             raise TlcliError(f"strategy.auto.{key}={value} must be between 0 and 1")
-    for key in ("large_min_per_class", "probe_max_train", "probe_max_val"):
+    if not 0.0 < settings.race_fraction < 1.0:
+        raise TlcliError(f"strategy.auto.race_fraction={settings.race_fraction} must be between 0 and 1 (exclusive)")
+    if settings.tie_se < 0:
+        raise TlcliError(f"strategy.auto.tie_se={settings.tie_se} must be >= 0")
+    for key in ("large_min_per_class", "probe_max_train", "probe_max_val", "scratch_min_per_class"):
         if settings[key] < 1:
             raise TlcliError(f"strategy.auto.{key}={settings[key]} must be a positive integer")
+    if settings.min_val_per_class < 0:
+        raise TlcliError(f"strategy.auto.min_val_per_class={settings.min_val_per_class} must be >= 0")
 
 
 def settings_of(cfg: DictConfig) -> DictConfig:
@@ -121,6 +137,15 @@ def preset(name: str) -> DictConfig:
     return OmegaConf.merge(
         OmegaConf.structured(StrategyConfig), OmegaConf.load(config_dir() / "strategy" / f"{name}.yaml")
     )
+
+
+def with_preset(cfg: DictConfig, chosen: str, settings: DictConfig) -> DictConfig:
+    """A copy of the config that trains strategy=<chosen>, keeping the auto settings that chose it."""
+    strategy = preset(chosen)
+    strategy.auto = copy.deepcopy(settings)  # kept, so the config records how the choice was made
+    resolved = copy.deepcopy(cfg)
+    resolved.strategy = strategy
+    return resolved
 
 
 def choose(cfg: DictConfig, backbone_kwargs: dict[str, Any]) -> tuple[DictConfig, dict[str, Any]]:
@@ -147,11 +172,10 @@ def choose(cfg: DictConfig, backbone_kwargs: dict[str, Any]) -> tuple[DictConfig
         figures.chance,
         seconds,
     )
-    strategy = preset(chosen)
-    strategy.auto = copy.deepcopy(settings)  # kept, so the config records how the choice was made
-    resolved = copy.deepcopy(cfg)
-    resolved.strategy = strategy
+    resolved = with_preset(cfg, chosen, settings)
+    strategy = resolved.strategy
     record = {
+        "method": "rule",
         "chosen": chosen,
         "rule": rule,
         **asdict(figures),

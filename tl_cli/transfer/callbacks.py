@@ -174,6 +174,19 @@ class FreezeBackboneEpochs(L.Callback):
             )  # fmt: skip
 
 
+class StopAfterEpochs(L.Callback):
+    """Stop fitting after `epochs` epochs without shortening the run: trainer.max_epochs, and with it the LR
+    schedule, stays that of the full budget, so a checkpoint saved after the stop resumes exactly where an
+    uninterrupted run would be (strategy=auto's race, tl_cli/run/race.py)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the epoch's validation
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
 class GracefulInterrupt(L.Callback):
     """First Ctrl-C: finish the current step, write last.ckpt, stop. A second Ctrl-C aborts at once."""
 

@@ -1,0 +1,67 @@
+"""`tlcli train strategy=auto` with method=race (the default), end to end on the smoke config: the winner's
+continued run is bit-identical to training it straight; a frozen winner replaces the continued run in the run dir;
+a tiny val set falls back to the prior; the run dir is a normal one for eval.
+
+`callbacks.model_checkpoint.monitor=null` makes last.ckpt the final epoch's (Lightning rewrites it only with a new
+best otherwise), and `strategy.auto.tie_se=1000` ties every candidate, so the prior decides on any CPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from tests.conftest import compose, run_dir_of, summary_of
+
+SMOKE = ["experiment=smoke", "trainer.max_epochs=4", "callbacks.model_checkpoint.monitor=null"]
+ALL_TIED = ["strategy=auto", "strategy.auto.tie_se=1000"]
+
+
+def _weights(checkpoint) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_the_race_winner_continues_exactly_as_a_straight_run(tlcli, tmp_path) -> None:
+    race = tlcli("train", *ALL_TIED, *SMOKE)
+    run_dir = run_dir_of(race)
+    straight = run_dir_of(tlcli("train", "strategy=finetune", *SMOKE))
+    auto = summary_of(run_dir)["strategy_auto"]
+    assert auto["method"] == "race" and auto["chosen"] == "finetune"
+    assert "strategy=auto chose finetune by race" in race.stderr + race.stdout
+    stages = {name: c["stage"] for name, c in auto["candidates"].items()}
+    assert stages == {"freeze": "full", "extend_freeze": "full", "finetune": "continued", "extend_finetune": "race"}
+    assert auto["race_epochs"] == 2 and auto["candidates"]["extend_finetune"]["epochs"] == 2  # ceil(0.3 x 4)
+    assert auto["candidates"]["finetune"]["epochs"] == 4
+    # stopped after 2 epochs and resumed: the same weights and BatchNorm statistics as 4 epochs in one go
+    a, b = _weights(run_dir / "checkpoints/last.ckpt"), _weights(straight / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # candidates keep their curves; their checkpoints and the race's feature cache are gone
+    assert (run_dir / "auto/extend_finetune/metrics.csv").is_file()
+    assert json.loads((run_dir / "auto/race.json").read_text())["leader"] == "finetune"
+    assert not list((run_dir / "auto").rglob("*.ckpt")) and not (run_dir / "auto/feature_cache").exists()
+    evaluated = tlcli("eval", f"ckpt={run_dir}", f"output_dir={tmp_path / 'eval'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]
+    assert abs(metrics["acc"] - summary_of(run_dir)["metrics"]["test/acc"]) < 1e-6
+
+
+def test_a_frozen_winner_replaces_the_continued_run(tlcli) -> None:
+    result = tlcli("train", *ALL_TIED, "strategy.auto.prior=extend_freeze", *SMOKE)
+    run_dir = run_dir_of(result)
+    summary = summary_of(run_dir)
+    auto = summary["strategy_auto"]
+    assert auto["chosen"] == "extend_freeze" and auto["candidates"]["finetune"]["stage"] == "continued"
+    from tl_cli.run.training import build_job
+
+    expected = build_job(compose(["strategy=extend_freeze", *SMOKE])).net.param_counts()
+    assert summary["strategy"] == "auto" and summary["params"] == expected
+    assert (run_dir / "auto/finetune/continued/metrics.csv").is_file()  # the continued run, set aside
+    assert summary["feature_cache"] is True
+
+
+def test_a_tiny_val_set_takes_the_prior_without_a_race(tlcli) -> None:
+    result = tlcli("train", "strategy=auto", "strategy.auto.min_val_per_class=1000", *SMOKE)
+    auto = summary_of(run_dir_of(result))["strategy_auto"]
+    assert auto["chosen"] == "finetune" and auto["why"].startswith("no race:")
+    assert auto["candidates"] == {}

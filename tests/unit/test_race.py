@@ -1,0 +1,71 @@
+"""strategy=auto's race, its pure parts: candidates, the val noise, the pick and its tie rule, the saved record;
+and the study's scorecards (auto against every constant strategy)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tl_cli.run.race import Race, Score, pick, preference, trainable_candidates, val_noise
+
+
+def test_scratch_races_only_with_enough_train_images_per_class() -> None:
+    assert trainable_candidates(49, 50) == ["finetune", "extend_finetune"]
+    assert trainable_candidates(50, 50) == ["finetune", "extend_finetune", "scratch"]
+
+
+def test_val_noise_is_the_binomial_standard_error_with_a_floor() -> None:
+    assert val_noise(0.7, 600) == pytest.approx(math.sqrt(0.7 * 0.3 / 600))
+    assert val_noise(1.0, 50) == pytest.approx(1 / 50)  # a perfect score is still one image from the next
+
+
+def test_pick_takes_the_best_beyond_the_noise() -> None:
+    chosen, why = pick({"finetune": 0.70, "extend_finetune": 0.80}, 600, 1.0, "finetune")
+    assert chosen == "extend_finetune" and why.startswith("best val acc (extend_finetune 0.800, finetune 0.700")
+
+
+def test_a_tie_goes_to_the_prior_then_the_preference_order() -> None:
+    scores = {"freeze": 0.75, "finetune": 0.745, "extend_finetune": 0.76}  # se at 0.76 over 600: 0.0174
+    chosen, why = pick(scores, 600, 1.0, "finetune")
+    assert chosen == "finetune" and "finetune, extend_finetune, freeze tied within 1 se (0.017)" in why
+    assert pick(scores, 600, 1.0, "freeze")[0] == "freeze"
+    assert pick(scores, 600, 0.0, "finetune")[0] == "extend_finetune"  # tie_se=0: the best alone
+    assert preference("extend_freeze") == ["extend_freeze", "finetune", "extend_finetune", "freeze", "scratch"]
+
+
+def test_the_race_record_reads_back(tmp_path) -> None:
+    race = Race(600, 60, 10, 3, {"finetune": Score(0.7, 3, 12.5, "race", "x.ckpt")}, leader="finetune", why="w")
+    race.save(tmp_path / "race.json")
+    assert Race.load(tmp_path / "race.json") == race
+
+
+def test_scorecards_score_auto_and_every_constant_on_the_same_cells() -> None:
+    from tl_cli.reporting.study import AutoRun, Cell, scorecards
+
+    class _Group:  # a strategy's runs at its chosen LR: (mean, std, seeds) of test acc
+        def __init__(self, mean: float) -> None:
+            self.mean = mean
+
+        def stat(self, metric: str):
+            return (self.mean, 0.001, 3)
+
+    from tl_cli.reporting.study import Choice
+
+    def cell(tests: dict[str, float], picks: list[str]) -> Cell:
+        c = Cell("d", "b", "w", 10, {s: Choice(s, 0.01, _Group(m), 5) for s, m in tests.items()})
+        c.auto_runs = [AutoRun("race", p, tests[p] - 0.01) for p in picks]
+        c.auto_picks = picks
+        return c
+
+    cells = [
+        cell({"freeze": 0.70, "finetune": 0.80}, ["finetune", "finetune"]),
+        cell({"freeze": 0.90, "finetune": 0.85}, ["finetune", "freeze"]),
+    ]
+    cards = {c.name: c for c in scorecards(cells)}
+    race = cards["auto (race)"]
+    assert (race.picks, race.hits) == (4, 3)
+    assert race.mean_regret == pytest.approx((0 + 0 + 5 + 0) / 4) and race.worst_regret == pytest.approx(5)
+    assert race.own_minus_best == pytest.approx((-1 - 1 - 6 - 1) / 4)
+    assert (cards["always finetune"].hits, cards["always finetune"].mean_regret) == (1, pytest.approx(2.5))
+    assert (cards["always freeze"].hits, cards["always freeze"].mean_regret) == (1, pytest.approx(5.0))

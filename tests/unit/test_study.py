@@ -186,3 +186,24 @@ def test_one_source_file_spelled_relative_and_absolute_is_one_group(tmp_path: Pa
     write_job(sweep, "b", "freeze", 0.01, 1, val=0.8, test=0.7, weights=str(source))
     (group,) = group_jobs(load_jobs(sweep))
     assert group.seeds() == {0, 1} and group.key.weights == str(source)
+
+
+def test_auto_runs_are_scored_in_the_study_doc_against_every_constant(tmp_path: Path) -> None:
+    """auto.csv (one row per strategy=auto job) + study.csv -> docs/study.md's auto table and scorecard."""
+    from tl_cli.reporting.study_doc import auto_section
+
+    sweep = tmp_path / "study" / "cell"
+    for seed in (0, 1):
+        write_job(sweep, f"f_{seed}", "freeze", 0.01, seed, val=0.80, test=0.70)
+        write_job(sweep, f"f2_{seed}", "freeze", 0.1, seed, val=0.70, test=0.90)  # a second LR: a study sweep
+        write_job(sweep, f"ft_{seed}", "finetune", 0.01, seed, val=0.90, test=0.80 + 0.002 * seed)
+        race = {"method": "race", "chosen": "finetune", "why": "w", "seconds": 100.0}
+        write_job(sweep, f"a_{seed}", "auto", 0.01, seed, 0.9, 0.79, strategy_auto=race)
+        rule = {"chosen": "freeze", "rule": "r"}  # a record from before the race: the rule
+        write_job(sweep, f"r_{seed}", "auto", 0.01, seed, 0.8, 0.70, strategy_auto=rule)
+    make_report(str(sweep))
+    text = "\n".join(auto_section([sweep]))
+    assert "| digits · 5/class · test_resnet | finetune (0.801) | finetune (0.790), finetune (0.790) | " in text
+    assert "| auto (race) | 2 | 2/2 (100%) | 0.0 | 0.0 | -1.1 |" in text
+    assert "| auto (rule) | 2 | 0/2 (0%) | 10.1 | 10.1 | -10.1 |" in text
+    assert "| always freeze | 1 | 0/1 (0%) | 10.1 | 10.1 | - |" in text

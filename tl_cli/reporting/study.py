@@ -45,6 +45,8 @@ class AutoRun:
     method: str  # race | rule (records from before the race have no method: the rule)
     pick: str
     test_acc: float | None
+    seed: int | None = None
+    seconds: float | None = None  # the race's own record: race + final fit
 
 
 @dataclass
@@ -125,7 +127,10 @@ def build_cells(groups: list[Group], jobs: list[SweepJob]) -> list[Cell]:
             pick = str(s["strategy_auto"].get("chosen"))
             cell.auto_picks.append(pick)
             test = (s.get("metrics") or {}).get("test/acc")
-            cell.auto_runs.append(AutoRun(str(s["strategy_auto"].get("method", "rule")), pick, test))
+            record = s["strategy_auto"]
+            method = str(record.get("method", "rule"))
+            seconds = record.get("seconds") if method == "race" else None  # the rule's is its probe's alone
+            cell.auto_runs.append(AutoRun(method, pick, test, s.get("seed"), seconds))
     order = sorted(
         cells.values(), key=lambda c: (c.dataset, c.backbone, str(c.weights), _spc_order(c.samples_per_class))
     )
@@ -348,9 +353,27 @@ def is_study(groups: list[Group]) -> bool:
     return len({g.key.samples_per_class for g in groups}) > 1 or len({g.key.lr for g in groups}) > 1
 
 
+AUTO_COLUMNS = ["dataset", "backbone", "samples_per_class", "method", "seed", "pick", "test_acc", "seconds"]
+
+
+def write_auto_csv(sweep: Path, cells: list[Cell]) -> Path:
+    """auto.csv: one row per strategy=auto job (what it picked, its own test acc); study_doc scores it against
+    study.csv's cells."""
+    path = sweep / "auto.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(AUTO_COLUMNS)
+        for cell in cells:
+            for r in cell.auto_runs:
+                spc = short(cell.samples_per_class)
+                writer.writerow([cell.dataset, cell.backbone, spc, r.method, r.seed, r.pick, r.test_acc, r.seconds])
+    return path
+
+
 def write_study(sweep: Path, jobs: list[SweepJob], groups: list[Group]) -> Path:
     cells = build_cells(groups, jobs)
     path = write_markdown(sweep, cells)
     write_csv(sweep, cells)
+    write_auto_csv(sweep, cells)
     write_png(sweep, cells)
     return path

@@ -157,12 +157,72 @@ def feature_section(folder: Path) -> list[str]:
     return [*lines, "", *feature_table(report), ""]
 
 
+class _StudyRow:
+    """A study.csv row as the seed group a study Choice scores: (mean, std, seeds) of test acc, mean val acc."""
+
+    def __init__(self, row: dict[str, str]) -> None:
+        self.row = row
+
+    def stat(self, metric: str) -> tuple[float, float, int]:
+        if metric == "val/acc":
+            return float(self.row["val_acc"]), 0.0, int(self.row["seeds"])
+        return float(self.row["test_acc"]), float(self.row["test_std"]), int(self.row["seeds"])
+
+
+def auto_cells(folder: Path) -> list:
+    """The cells of a sweep folder with strategy=auto runs, rebuilt from study.csv and auto.csv."""
+    from tl_cli.reporting.study import AutoRun, Cell, Choice
+
+    cells: dict[tuple[str, str, str], Cell] = {}
+    for r in _rows(folder / "study.csv"):
+        key = (r["dataset"], r["backbone"], r["samples_per_class"])
+        cell = cells.setdefault(key, Cell(*key[:2], r["weights"], r["samples_per_class"]))
+        cell.choices[r["strategy"]] = Choice(r["strategy"], float(r["lr"]), _StudyRow(r), int(r["lrs_tried"]))
+    for a in _rows(folder / "auto.csv"):
+        cell = cells.get((a["dataset"], a["backbone"], a["samples_per_class"]))
+        if cell is not None:
+            test, seconds = (float(a[k]) if a[k] else None for k in ("test_acc", "seconds"))
+            cell.auto_runs.append(AutoRun(a["method"], a["pick"], test, int(a["seed"]), seconds))
+            cell.auto_picks.append(a["pick"])
+    return [c for c in cells.values() if c.auto_runs]
+
+
+def _picks(runs: list) -> str:
+    if not runs:
+        return "-"
+    return ", ".join(f"{r.pick} ({r.test_acc:.3f})" if r.test_acc is not None else r.pick for r in runs)
+
+
+def auto_section(folders: list[Path]) -> list[str]:
+    """strategy=auto on every study cell that ran it: per cell its picks, and the scorecard against constants."""
+    from tl_cli.reporting.study import scorecard_lines, scorecards
+
+    cells = [c for folder in folders for c in auto_cells(folder)]
+    if not cells:
+        return []
+    lines = ["### strategy=auto on the study's cells", ""]
+    lines += ["Evidence: auto.csv beside each sweep's study.csv. Per seed: the pick (auto's own test acc).", ""]
+    lines += ["| cell | best or tied (test acc of the best) | auto race | auto rule |", "|---|---|---|---|"]
+    for c in cells:
+        best = c.ranking()[0]
+        methods = {m: [r for r in c.auto_runs if r.method == m] for m in ("race", "rule")}
+        cell = f"{c.dataset} · {c.samples_per_class}/class · {c.backbone}"
+        winners = ", ".join(s for s in c.choices if s in c.winners())
+        lines.append(
+            f"| {cell} | {winners} ({best.test[0]:.3f}) | {_picks(methods['race'])} | {_picks(methods['rule'])} |"
+        )
+    lines += ["", *scorecard_lines(scorecards(cells)), ""]
+    return lines
+
+
 def generate(docs: Path) -> str:
-    """The study sweeps' sections, then the fine-tuning option sweeps' (docs/study/features_*)."""
+    """The study sweeps' sections, strategy=auto on their cells, then the fine-tuning option sweeps'
+    (docs/study/features_*)."""
     folders = sorted(p for p in (docs / "study").iterdir() if p.is_dir())
     lines = [BEGIN, ""]
     for folder in folders:
         lines += sweep_section(folder) if (folder / "study.csv").is_file() else []
+    lines += auto_section(folders)
     for folder in folders:
         lines += feature_section(folder) if folder.name.startswith("features_") else []
     return "\n".join([*lines, END])

@@ -142,3 +142,14 @@ def test_train_help_lists_the_strategies_and_when_to_use_them() -> None:
     assert "strategy: auto, extend_finetune, extend_freeze, finetune, freeze, scratch" in result.stdout
     for strategy in STRATEGIES.values():
         assert f"{strategy.name}  " in result.stdout and strategy.when in result.stdout
+
+
+def test_model_timm_brings_the_imagenet_head_lr_and_overrides_still_win() -> None:
+    """model=timm sets the ImageNet sources' head LR (README "Defaults for ImageNet sources"); the embedded source
+    keeps its own; an explicit optim.lr always wins."""
+    from tests.conftest import compose
+
+    assert compose([]).optim.lr == 0.01
+    assert compose(["model=timm"]).optim.lr == 0.03
+    assert compose(["model=timm", "optim.lr=0.001"]).optim.lr == 0.001
+    assert compose(["model=timm", "model.backbone=resnet50"]).model.backbone == "resnet50"

@@ -65,3 +65,9 @@ def test_a_tiny_val_set_takes_the_prior_without_a_race(tlcli) -> None:
     auto = summary_of(run_dir_of(result))["strategy_auto"]
     assert auto["chosen"] == "finetune" and auto["why"].startswith("no race:")
     assert auto["candidates"] == {}
+
+
+def test_one_epoch_leaves_nothing_to_race_on(tlcli) -> None:
+    result = tlcli("train", "strategy=auto", "experiment=smoke", "trainer.max_epochs=1")
+    auto = summary_of(run_dir_of(result))["strategy_auto"]
+    assert auto["chosen"] == "finetune" and auto["why"].startswith("no race: trainer.max_epochs=1")

@@ -157,6 +157,10 @@ def _race(cfg: DictConfig, run: RunDir) -> Race:
             f"the prior {settings.prior}"
         )
         return race
+    if race.race_epochs < 1:
+        race.chosen = settings.prior
+        race.why = f"no race: trainer.max_epochs={cfg.trainer.max_epochs} leaves no epoch to stop at; the prior"
+        return race
     for name in FROZEN:
         job = first if name == "freeze" else None
         race.scores[name] = _fit_candidate(_candidate_config(cfg, name, run), run / FOLDER / name, None, job)
@@ -178,7 +182,7 @@ def _class_counts(job: TransferJob, cfg: DictConfig, fraction: float) -> Race:
         val_images=int(counts["val"].sum()),
         val_min_per_class=int(counts["val"].min()),
         train_min_per_class=int(counts["train"].min()),
-        race_epochs=min(max(1, math.ceil(fraction * epochs)), epochs),
+        race_epochs=min(max(1, math.ceil(fraction * epochs)), epochs - 1),  # stop before the end: 0 = no race
     )
 
 

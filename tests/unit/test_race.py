@@ -55,7 +55,6 @@ def test_scorecards_score_auto_and_every_constant_on_the_same_cells() -> None:
     def cell(tests: dict[str, float], picks: list[str]) -> Cell:
         c = Cell("d", "b", "w", 10, {s: Choice(s, 0.01, _Group(m), 5) for s, m in tests.items()})
         c.auto_runs = [AutoRun("race", p, tests[p] - 0.01) for p in picks]
-        c.auto_picks = picks
         return c
 
     cells = [

@@ -56,8 +56,11 @@ class Cell:
     weights: str
     samples_per_class: int | None
     choices: dict[str, Choice] = field(default_factory=dict)
-    auto_picks: list[str] = field(default_factory=list)  # one per auto job (seed)
-    auto_runs: list[AutoRun] = field(default_factory=list)
+    auto_runs: list[AutoRun] = field(default_factory=list)  # one per auto job (seed)
+
+    @property
+    def auto_picks(self) -> list[str]:
+        return [r.pick for r in self.auto_runs]
 
     def ranking(self) -> list[Choice]:
         return sorted(self.choices.values(), key=lambda c: -(c.test[0] if c.test[0] is not None else -math.inf))
@@ -125,7 +128,6 @@ def build_cells(groups: list[Group], jobs: list[SweepJob]) -> list[Cell]:
         cell = cells.get((s.get("dataset"), s.get("backbone"), _source(job), s.get("samples_per_class")))
         if cell is not None:
             pick = str(s["strategy_auto"].get("chosen"))
-            cell.auto_picks.append(pick)
             test = (s.get("metrics") or {}).get("test/acc")
             record = s["strategy_auto"]
             method = str(record.get("method", "rule"))

@@ -183,7 +183,6 @@ def auto_cells(folder: Path) -> list:
         if cell is not None:
             test, seconds = (float(a[k]) if a[k] else None for k in ("test_acc", "seconds"))
             cell.auto_runs.append(AutoRun(a["method"], a["pick"], test, int(a["seed"]), seconds))
-            cell.auto_picks.append(a["pick"])
     return [c for c in cells.values() if c.auto_runs]
 
 

@@ -125,8 +125,11 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
     check_settings(settings)
     saved = run / FOLDER / RECORD
     saved.parent.mkdir(parents=True, exist_ok=True)
-    race = Race.load(saved) if saved.is_file() else _race(cfg, run)
-    race.save(saved)
+    if saved.is_file():  # a resumed run: the race already ran
+        race = Race.load(saved)
+    else:
+        race = _race(cfg, run)
+        race.save(saved)
     if race.chosen is not None:
         fitted = fit_run(_config_for(cfg, race.chosen, run), run, config_sha, resume_from)
         return _record(fitted, race, race.chosen, race.why, settings, time.perf_counter() - started)

@@ -58,7 +58,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_compile
 
 # Transfer study (docs/study.md), protocol v2: for each preset:backbone, stage 1 (every strategy x 5 LRs on seed 0),
-# stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc), the report, the frozen heads' probe check,
+# the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc), the report, the frozen heads' probe check,
 # then the evidence is copied to docs/study/<sweep>/ and docs/study.md's tables are regenerated from it.
 OUT          ?= $${TLCLI_OUTPUT_DIR:-outputs}
 STUDY_RUNS   ?= in1k_fashion:efficientnet_lite0 fashion5:test_resnet digits:test_resnet
@@ -79,6 +79,8 @@ study: study-sources
 	  mkdir -p docs/study/$${t}_$$b; times=docs/study/$${t}_$$b/wall_times.txt; : > $$times; \
 	  /usr/bin/time -a -o $$times -f "stage 1 (5 LRs x seed 0): %e s" \
 	    $(TLCLI) train -m experiment=study_$$t model.backbone=$$b || exit 1; \
+	  /usr/bin/time -a -o $$times -f "grid extended past the edge choices (seed 0): %e s" \
+	    $(PY) -m tl_cli.reporting.extend_grid $$dir || exit 1; \
 	  /usr/bin/time -a -o $$times -f "stage 2 (seeds 1, 2 at the chosen LRs): %e s" \
 	    $(PY) -m tl_cli.reporting.more_seeds $$dir 1,2 || exit 1; \
 	  /usr/bin/time -a -o $$times -f "strategy=auto, race and rule, seeds 0-2: %e s" $(TLCLI) train -m \

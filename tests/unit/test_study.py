@@ -207,3 +207,36 @@ def test_auto_runs_are_scored_in_the_study_doc_against_every_constant(tmp_path: 
     assert "| auto (race) | 2 | 2/2 (100%) | 0.0 | 0.0 | -1.1 |" in text
     assert "| auto (rule) | 2 | 0/2 (0%) | 10.1 | 10.1 | -10.1 |" in text
     assert "| always freeze | 1 | 0/1 (0%) | 10.1 | 10.1 | - |" in text
+
+
+def test_extend_grid_runs_one_step_past_each_edge_choice_on_the_search_seed(tmp_path: Path) -> None:
+    from tl_cli.reporting.extend_grid import commands, next_lr
+
+    assert [next_lr(0.1, up=True), next_lr(0.3, up=True), next_lr(0.001, up=False), next_lr(0.0003, up=False)] == [
+        0.3,
+        1.0,
+        0.0003,
+        0.0001,
+    ]
+    assert next_lr(0.03, up=False) == 0.01 and next_lr(0.005, up=True) == 0.015  # off the grid: x3
+    for name, strategy, lr, seed, val in (
+        ("a", "finetune", 0.01, 0, 0.9),  # finetune: bottom of {0.01, 0.03, 0.1}
+        ("a1", "finetune", 0.01, 1, 0.7),  # a later seed at the chosen LR: the step runs on seed 0 only
+        ("b", "finetune", 0.03, 0, 0.8),
+        ("c", "finetune", 0.1, 0, 0.7),
+        ("d", "freeze", 0.01, 0, 0.6),  # freeze: top of {0.003, 0.01}
+        ("e", "freeze", 0.003, 0, 0.5),
+        ("f", "scratch", 0.01, 0, 0.5),  # scratch: inside {0.003, 0.01, 0.03}
+        ("g", "scratch", 0.003, 0, 0.4),
+        ("h", "scratch", 0.03, 0, 0.4),
+    ):
+        write_job(tmp_path, name, strategy, lr, seed, val=val, test=0.5)
+        overrides = [f"strategy={strategy}", f"optim.lr={lr}", f"seed={seed}", "experiment=study_smoke"]
+        (tmp_path / name / ".hydra/overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    assert sorted(commands(tmp_path)) == [
+        ["train", "-m", "strategy=finetune", "seed=0", "experiment=study_smoke", "optim.lr=0.003"],
+        ["train", "-m", "strategy=freeze", "seed=0", "experiment=study_smoke", "optim.lr=0.03"],
+    ]
+    write_job(tmp_path, "i", "finetune", 0.003, 0, val=0.85, test=0.5)  # the step ran and lost: no longer an edge
+    (tmp_path / "i/.hydra/overrides.yaml").write_text("- strategy=finetune\n- optim.lr=0.003\n- seed=0\n")
+    assert [args[2] for args in commands(tmp_path)] == ["strategy=freeze"]

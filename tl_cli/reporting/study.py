@@ -28,6 +28,7 @@ class Choice:
     lr: float | None
     group: Group
     lrs_tried: int
+    lrs: tuple[float, ...] = ()  # every LR this strategy ran in this cell (empty when read back from study.csv)
 
     @property
     def test(self) -> tuple[float | None, float, int]:
@@ -120,7 +121,8 @@ def build_cells(groups: list[Group], jobs: list[SweepJob]) -> list[Cell]:
         by_strategy.setdefault((*cell_key, k.strategy), []).append(g)
     for (*cell_key, strategy), candidates in by_strategy.items():
         chosen = choose_lr(candidates)  # highest mean val acc; an exact tie goes to the smaller LR
-        cells[tuple(cell_key)].choices[strategy] = Choice(strategy, chosen.key.lr, chosen, len(candidates))
+        lrs = tuple(sorted(g.key.lr for g in candidates if g.key.lr is not None))
+        cells[tuple(cell_key)].choices[strategy] = Choice(strategy, chosen.key.lr, chosen, len(candidates), lrs)
     for job in jobs:
         s = job.summary or {}
         if s.get("strategy") != "auto" or not s.get("strategy_auto"):

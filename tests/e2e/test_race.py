@@ -38,7 +38,10 @@ def test_the_race_winner_continues_exactly_as_a_straight_run(tlcli, tmp_path) ->
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # candidates keep their curves; their checkpoints and the race's feature cache are gone
     assert (run_dir / "auto/extend_finetune/metrics.csv").is_file()
-    assert json.loads((run_dir / "auto/race.json").read_text())["leader"] == "finetune"
+    saved = json.loads((run_dir / "auto/race.json").read_text())
+    assert saved["leader"] == "finetune"
+    # the continued candidate's seconds: its race slice (race.json, written before it continued) and the rest
+    assert auto["candidates"]["finetune"]["seconds"] > saved["scores"]["finetune"]["seconds"] > 0
     assert not list((run_dir / "auto").rglob("*.ckpt")) and not (run_dir / "auto/feature_cache").exists()
     evaluated = tlcli("eval", f"ckpt={run_dir}", f"output_dir={tmp_path / 'eval'}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

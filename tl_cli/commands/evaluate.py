@@ -143,8 +143,10 @@ def compute_metrics(
     metrics = {"acc": float(multiclass_accuracy(logits, targets, n, average="micro"))}
     if n > 5:
         metrics["top5_acc"] = float(multiclass_accuracy(logits, targets, n, average="micro", top_k=5))
-    # macro: classes absent from both labels and predictions are left out of the mean (torchmetrics)
-    metrics["macro_f1"] = float(multiclass_f1_score(logits, targets, n, average="macro"))
+    # the names training logs (tl_cli/transfer/module.py EVAL_METRICS); macro: classes absent from both labels
+    # and predictions are left out of the mean (torchmetrics)
+    metrics["balanced_acc"] = float(multiclass_accuracy(logits, targets, n, average="macro"))
+    metrics["f1_macro"] = float(multiclass_f1_score(logits, targets, n, average="macro"))
     metrics["loss"] = float(torch.nn.functional.cross_entropy(logits, targets))
     per_class = {
         "precision": multiclass_precision(logits, targets, n, average=None).tolist(),

@@ -136,8 +136,10 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
     leader = race.leader
     start = resume_from or race.scores[leader].checkpoint
     fitted = fit_run(_config_for(cfg, leader, run), run, config_sha, start)
+    raced = race.scores[leader]
+    seconds = round(raced.seconds + fitted.result.train_seconds, 3)  # its race slice and the continuation
     race.scores[leader] = Score(
-        round(fitted.result.metrics["val/acc"], 6), fitted.trainer.current_epoch, 0.0, "continued"
+        round(fitted.result.metrics["val/acc"], 6), fitted.trainer.current_epoch, seconds, "continued"
     )
     final = {name: s.val_acc for name, s in race.scores.items() if name == leader or name in FROZEN}
     chosen, why = pick(final, race.val_images, settings.tie_se, settings.prior)

@@ -30,7 +30,13 @@ def test_the_race_winner_continues_exactly_as_a_straight_run(tlcli, tmp_path) ->
     assert auto["method"] == "race" and auto["chosen"] == "finetune"
     assert "strategy=auto chose finetune by race" in race.stderr + race.stdout
     stages = {name: c["stage"] for name, c in auto["candidates"].items()}
-    assert stages == {"freeze": "full", "extend_freeze": "full", "finetune": "continued", "extend_finetune": "race"}
+    assert stages == {
+        "freeze": "full",
+        "extend_freeze": "full",
+        "finetune": "continued",
+        "extend_finetune": "race",
+        "scratch": "race",  # scratch_min_per_class=1: it races wherever every class has a train image
+    }
     assert auto["race_epochs"] == 2 and auto["candidates"]["extend_finetune"]["epochs"] == 2  # ceil(0.3 x 4)
     assert auto["candidates"]["finetune"]["epochs"] == 4
     # stopped after 2 epochs and resumed: the same weights and BatchNorm statistics as 4 epochs in one go

@@ -68,3 +68,19 @@ def test_scorecards_score_auto_and_every_constant_on_the_same_cells() -> None:
     assert race.own_minus_best == pytest.approx((-1 - 1 - 6 - 1) / 4)
     assert (cards["always finetune"].hits, cards["always finetune"].mean_regret) == (1, pytest.approx(2.5))
     assert (cards["always freeze"].hits, cards["always freeze"].mean_regret) == (1, pytest.approx(5.0))
+
+
+def test_scratch_races_at_its_own_lr_and_the_others_at_optim_lr(tmp_path) -> None:
+    """scratch (every weight from random init) trains at optim.lr x scratch_lr_mult, in the race and when it
+    continues; the transfer candidates at optim.lr; the frozen features go to the race's own cache."""
+    from tests.conftest import compose
+    from tl_cli.run.race import _config_for
+    from tl_cli.run.rundir import RunDir
+
+    cfg = compose(["strategy=auto", "optim.lr=0.03", "strategy.auto.scratch_lr_mult=0.25"])
+    run = RunDir(tmp_path)
+    scratch, finetune = _config_for(cfg, "scratch", run), _config_for(cfg, "finetune", run)
+    assert scratch.strategy.name == "scratch" and scratch.optim.lr == pytest.approx(0.0075)
+    assert finetune.strategy.name == "finetune" and finetune.optim.lr == pytest.approx(0.03)
+    assert cfg.optim.lr == 0.03 and scratch.strategy.auto.scratch_lr_mult == 0.25  # the run's config is untouched
+    assert finetune.data.feature_cache_dir == str(tmp_path / "auto" / "feature_cache")

@@ -31,10 +31,11 @@ class AutoConfig:
     method: str = "race"  # race: measure the strategies on val | rule: the classic table on a linear probe
     # race: trainable candidates first train this share of trainer.max_epochs; the best by val continues
     race_fraction: float = 0.3
-    scratch_min_per_class: int = 50  # race: scratch races only when the smallest train class has this many
+    scratch_min_per_class: int = 1  # race: scratch races only when the smallest train class has this many
+    scratch_lr_mult: float = 0.333  # race: scratch trains at optim.lr x this (the studies chose 1/3 of finetune's)
     min_val_per_class: int = 5  # race: fewer val images in the smallest class -> no race, the prior
     prior: str = "finetune"  # race: the choice for tiny val sets, and the first pick among val ties
-    tie_se: float = 1.0  # race: within this many standard errors of the best val acc counts as a tie
+    tie_se: float = 0.5  # race: within this many standard errors of the best val acc counts as a tie
     large_min_per_class: int = 100  # large data: the smallest class has at least this many train samples
     min_gain: float = 0.02  # probe accuracy of source minus random features below this: scratch
     similar_min_score: float = 0.8  # similar task: chance-corrected probe accuracy of source features >= this

@@ -4,10 +4,10 @@ then train the winner in full, without training it twice.
 1. A val set whose smallest class has fewer than `min_val_per_class` images cannot tell the strategies apart:
    no race, the prior (`strategy.auto.prior`, finetune: the best constant strategy in the studies).
 2. The frozen strategies (freeze, extend_freeze) train their full budget on cached features: seconds.
-3. The trainable ones (finetune, extend_finetune; scratch only with >= `scratch_min_per_class` train images in
-   every class) train `race_fraction` of trainer.max_epochs under the full budget's LR schedule
-   (StopAfterEpochs). The best by val acc continues, in the run dir itself, from the checkpoint where it stopped:
-   the schedule depends on the epoch alone, so this is the run it would have been uninterrupted.
+3. The trainable ones (finetune, extend_finetune; scratch with >= `scratch_min_per_class` train images in every
+   class, at `scratch_lr_mult` x optim.lr) train `race_fraction` of trainer.max_epochs under the full budget's LR
+   schedule (StopAfterEpochs). The best by val acc continues, in the run dir itself, from the checkpoint where it
+   stopped: the schedule depends on the epoch alone, so this is the run it would have been uninterrupted.
 4. The final pick: the continued run against the frozen ones, by val acc. Ties (within `tie_se` binomial standard
    errors of the best val acc) go to the prior, then finetune, extend_finetune, freeze, extend_freeze, scratch: the
    studies' best constant first; cost no longer separates them, it is already spent. If a frozen strategy wins, the
@@ -52,6 +52,7 @@ ORDER = ("finetune", "extend_finetune", "freeze", "extend_freeze", "scratch")  #
 FROZEN = ("freeze", "extend_freeze")
 FOLDER = "auto"
 RECORD = "race.json"
+SETTINGS = ("race_fraction", "scratch_min_per_class", "scratch_lr_mult", "min_val_per_class", "tie_se")
 MOVED_ASIDE = ("checkpoints", "metrics.csv", "hparams.yaml")  # a continued run's own files in the run dir
 
 
@@ -201,6 +202,8 @@ def _candidate_config(cfg: DictConfig, name: str, run: RunDir) -> DictConfig:
 def _config_for(cfg: DictConfig, name: str, run: RunDir) -> DictConfig:
     """The config that trains strategy=<name>; the race's frozen features shared through a disk cache."""
     chosen = with_preset(cfg, name, settings_of(cfg))
+    if name == "scratch":  # every weight trains from random init: it wants a lower LR than the head of a transfer
+        chosen.optim.lr = float(chosen.optim.lr) * float(settings_of(cfg).scratch_lr_mult)
     if not chosen.data.feature_cache_dir:
         chosen.data.feature_cache_dir = str(run / FOLDER / "feature_cache")
     return chosen
@@ -266,7 +269,7 @@ def _record(fitted: Fitted, race: Race, chosen: str, why: str, settings: DictCon
         "train_min_per_class": race.train_min_per_class,
         "race_seconds": race.seconds,
         "seconds": round(seconds, 3),  # the race and the final fit (this process; before the test)
-        **{k: settings[k] for k in ("race_fraction", "scratch_min_per_class", "min_val_per_class", "prior", "tie_se")},
+        **{k: settings[k] for k in (*SETTINGS, "prior")},
         "preset": {k: v for k, v in block.items() if k != "auto"},
     }
     listed = ", ".join(f"{n} {s['val_acc']:.3f} ({s['stage']}, {s['epochs']} ep)" for n, s in scores.items())

@@ -240,3 +240,30 @@ def test_extend_grid_runs_one_step_past_each_edge_choice_on_the_search_seed(tmp_
     write_job(tmp_path, "i", "finetune", 0.003, 0, val=0.85, test=0.5)  # the step ran and lost: no longer an edge
     (tmp_path / "i/.hydra/overrides.yaml").write_text("- strategy=finetune\n- optim.lr=0.003\n- seed=0\n")
     assert [args[2] for args in commands(tmp_path)] == ["strategy=freeze"]
+
+
+def test_race_replay_simulates_the_race_on_the_search_seeds_val_curves(tmp_path: Path) -> None:
+    """The replay scores racing candidates on their first race_epochs epochs, the leader and the frozen ones on
+    the whole run, scratch at its own LR; a candidate missing at the auto LR leaves the cell out."""
+    from tl_cli.reporting.race_replay import Variant, _runs_by_key, replay_cell
+
+    curves = {  # strategy, lr -> val acc per epoch (10 epochs; the race sees the first 3)
+        ("freeze", 0.03): [0.70] * 10,
+        ("extend_freeze", 0.03): [0.72] * 10,
+        ("finetune", 0.03): [0.80] * 3 + [0.85] * 7,  # fast start, the leader among the transfer candidates
+        ("extend_finetune", 0.03): [0.60] * 3 + [0.95] * 7,  # slow start: the race stops it before it shows
+        ("scratch", 0.01): [0.90] * 10,  # at 0.03 x 0.333
+        ("scratch", 0.03): [0.10] * 10,
+    }
+    for i, ((strategy, lr), curve) in enumerate(curves.items()):
+        write_job(tmp_path, str(i), strategy, lr, 0, val=max(curve), test=0.5, split_sizes={"val": 1000})
+        rows = "".join(f"{e},{v}\n" for e, v in enumerate(curve))
+        (tmp_path / str(i) / "metrics.csv").write_text("epoch,val/acc\n" + rows)
+    jobs = load_jobs(tmp_path)
+    (cell,) = build_cells(group_jobs(jobs), jobs)
+    runs = _runs_by_key(jobs)
+    assert replay_cell(cell, runs, Variant()) == "scratch"
+    assert replay_cell(cell, runs, Variant(scratch_lr_mult=1.0)) == "finetune"  # scratch at 0.03 never leads
+    assert replay_cell(cell, runs, Variant(scratch_min_per_class=50)) == "finetune"  # 5 per class: no scratch
+    assert replay_cell(cell, runs, Variant(scratch_min_per_class=50, race_fraction=0.5)) == "extend_finetune"
+    assert replay_cell(cell, runs, Variant(scratch_lr_mult=0.1)) is None  # no scratch run at lr 0.003

@@ -207,6 +207,14 @@ def test_auto_runs_are_scored_in_the_study_doc_against_every_constant(tmp_path: 
     assert "| auto (race) | 2 | 2/2 (100%) | 0.0 | 0.0 | -1.1 |" in text
     assert "| auto (rule) | 2 | 0/2 (0%) | 10.1 | 10.1 | -10.1 |" in text
     assert "| always freeze | 1 | 0/1 (0%) | 10.1 | 10.1 | - |" in text
+    # the first race's runs, set aside with their auto.csv: scored beside the current race as "race v1"
+    v1 = "dataset,backbone,samples_per_class,method,seed,pick,test_acc,seconds\n"
+    v1 += "digits,test_resnet,5,race,0,freeze,0.7,50.0\ndigits,test_resnet,5,rule,0,freeze,0.7,\n"
+    (sweep / "auto_race_v1.csv").write_text(v1)
+    text = "\n".join(auto_section([sweep]))
+    assert "| cell | best or tied (test acc of the best) | auto race | auto race v1 | auto rule |" in text
+    assert "| auto (race v1) | 1 | 0/1 (0%) | 10.1 | 10.1 | -10.1 |" in text  # its rule row is not a second race
+    assert "| auto (rule) | 2 | 0/2 (0%) |" in text
 
 
 def test_extend_grid_runs_one_step_past_each_edge_choice_on_the_search_seed(tmp_path: Path) -> None:

@@ -169,6 +169,10 @@ class _StudyRow:
         return float(self.row["test_acc"]), float(self.row["test_std"]), int(self.row["seeds"])
 
 
+# the first race's runs (settings of commit e0b8489), set aside when the race's settings changed; shown as "race v1"
+AUTO_V1 = "auto_race_v1.csv"
+
+
 def auto_cells(folder: Path) -> list:
     """The cells of a sweep folder with strategy=auto runs, rebuilt from study.csv and auto.csv."""
     from tl_cli.reporting.study import AutoRun, Cell, Choice
@@ -178,7 +182,8 @@ def auto_cells(folder: Path) -> list:
         key = (r["dataset"], r["backbone"], r["samples_per_class"])
         cell = cells.setdefault(key, Cell(*key[:2], r["weights"], r["samples_per_class"]))
         cell.choices[r["strategy"]] = Choice(r["strategy"], float(r["lr"]), _StudyRow(r), int(r["lrs_tried"]))
-    for a in _rows(folder / "auto.csv"):
+    earlier = [dict(a, method=f"{a['method']} v1") for a in _rows(folder / AUTO_V1) if a["method"] == "race"]
+    for a in _rows(folder / "auto.csv") + earlier:
         cell = cells.get((a["dataset"], a["backbone"], a["samples_per_class"]))
         if cell is not None:
             test, seconds = (float(a[k]) if a[k] else None for k in ("test_acc", "seconds"))
@@ -200,16 +205,20 @@ def auto_section(folders: list[Path]) -> list[str]:
     if not cells:
         return []
     lines = ["### strategy=auto on the study's cells", ""]
-    lines += ["Evidence: auto.csv beside each sweep's study.csv. Per seed: the pick (auto's own test acc).", ""]
-    lines += ["| cell | best or tied (test acc of the best) | auto race | auto rule |", "|---|---|---|---|"]
+    lines += [
+        f"Evidence: auto.csv beside each sweep's study.csv ({AUTO_V1}: the first race's runs, settings of commit "
+        "e0b8489). Per seed: the pick (auto's own test acc).",
+        "",
+    ]
+    shown = [m for m in ("race", "race v1", "rule") if any(r.method == m for c in cells for r in c.auto_runs)]
+    lines += ["| cell | best or tied (test acc of the best) | " + " | ".join(f"auto {m}" for m in shown) + " |"]
+    lines += ["|---|---|" + "---|" * len(shown)]
     for c in cells:
         best = c.ranking()[0]
-        methods = {m: [r for r in c.auto_runs if r.method == m] for m in ("race", "rule")}
+        picks = [_picks([r for r in c.auto_runs if r.method == m]) for m in shown]
         cell = f"{c.dataset} · {c.samples_per_class}/class · {c.backbone}"
         winners = ", ".join(s for s in c.choices if s in c.winners())
-        lines.append(
-            f"| {cell} | {winners} ({best.test[0]:.3f}) | {_picks(methods['race'])} | {_picks(methods['rule'])} |"
-        )
+        lines.append(f"| {cell} | {winners} ({best.test[0]:.3f}) | " + " | ".join(picks) + " |")
     lines += ["", *scorecard_lines(scorecards(cells)), ""]
     return lines
 

@@ -61,12 +61,12 @@ bench: install fashion-mnist
 # the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc), the report, the frozen heads' probe check,
 # then the evidence is copied to docs/study/<sweep>/ and docs/study.md's tables are regenerated from it.
 OUT          ?= $${TLCLI_OUTPUT_DIR:-outputs}
-STUDY_RUNS   ?= in1k_fashion:efficientnet_lite0 fashion5:test_resnet digits:test_resnet
+STUDY_RUNS   ?= in1k_fashion:efficientnet_lite0 in1k_digits:efficientnet_lite0 fashion5:test_resnet digits:test_resnet
 # strategy=auto runs at one head LR for all its candidates: 0.03, the LR the ImageNet cells chose on val for finetune
 AUTO_LR      ?= 0.03
 
 study-sources: install fashion-mnist
-	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; [ $$t = in1k_fashion ] && continue; \
+	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; case $$t in in1k_*) continue;; esac; \
 	  s=$$([ $$t = digits ] && echo broad || echo narrow); \
 	  [ -f $(OUT)/study/sources/$${s}_$$b/model.safetensors ] && continue; \
 	  /usr/bin/time -f "study_source_$$s $$b: %e s" $(TLCLI) train experiment=study_source_$$s model.backbone=$$b \

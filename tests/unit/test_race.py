@@ -84,3 +84,19 @@ def test_scratch_races_at_its_own_lr_and_the_others_at_optim_lr(tmp_path) -> Non
     assert finetune.strategy.name == "finetune" and finetune.optim.lr == pytest.approx(0.03)
     assert cfg.optim.lr == 0.03 and scratch.strategy.auto.scratch_lr_mult == 0.25  # the run's config is untouched
     assert finetune.data.feature_cache_dir == str(tmp_path / "auto" / "feature_cache")
+
+
+def test_a_saved_config_from_before_scratch_lr_mult_races_on(tmp_path) -> None:
+    """A resumed run's saved config may predate a setting: the schema default fills it in, and scratch continues
+    at the LR it raced at then (optim.lr), so the continuation stays exact."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose
+    from tl_cli.run.race import _config_for
+    from tl_cli.run.rundir import RunDir
+    from tl_cli.transfer.auto import settings_of
+
+    saved = OmegaConf.create(OmegaConf.to_container(compose(["strategy=auto", "optim.lr=0.03"])))
+    del saved.strategy.auto["scratch_lr_mult"]
+    assert settings_of(saved).scratch_lr_mult == pytest.approx(0.333)
+    assert _config_for(saved, "scratch", RunDir(tmp_path)).optim.lr == pytest.approx(0.03)

@@ -13,7 +13,6 @@ real `strategy=auto` runs, never this replay.
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +61,9 @@ def _best(curve: dict[int, float], epochs: int | None = None) -> float:
     return max(v for e, v in curve.items() if epochs is None or e < epochs)
 
 
-def replay_cell(cell: Cell, runs: dict[tuple, SweepJob], variant: Variant, epochs: int = 10) -> str | None:
+def replay_cell(cell: Cell, runs: dict[tuple, SweepJob], variant: Variant) -> str | None:
     """The strategy the race would pick in this cell; None where a candidate's run at the auto LR is missing."""
-    from tl_cli.run.race import FROZEN, pick, trainable_candidates
+    from tl_cli.run.race import FROZEN, pick, race_epochs, trainable_candidates
 
     def job(strategy: str) -> SweepJob | None:
         mult = variant.scratch_lr_mult if strategy == "scratch" else 1.0
@@ -76,8 +75,9 @@ def replay_cell(cell: Cell, runs: dict[tuple, SweepJob], variant: Variant, epoch
     if any(j is None for j in found.values()):
         return None
     val_images = int(found["finetune"].summary["split_sizes"]["val"])
-    race_epochs = min(max(1, math.ceil(variant.race_fraction * epochs)), epochs - 1)
-    scores = {name: _best(found[name].val_curve, race_epochs) for name in racing}
+    epochs = int((found["finetune"].config.get("trainer") or {}).get("max_epochs", 10))
+    stop = race_epochs(variant.race_fraction, epochs)
+    scores = {name: _best(found[name].val_curve, stop) for name in racing}
     leader, _ = pick(scores, val_images, variant.tie_se, variant.prior)
     final = {name: _best(found[name].val_curve) for name in (*FROZEN, leader)}
     return pick(final, val_images, variant.tie_se, variant.prior)[0]

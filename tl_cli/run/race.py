@@ -97,6 +97,11 @@ def trainable_candidates(train_min_per_class: int, scratch_min_per_class: int) -
     return ["finetune", "extend_finetune", *scratch]
 
 
+def race_epochs(fraction: float, epochs: int) -> int:
+    """Epochs a racing candidate trains: `fraction` of the budget, at least 1, stopping before the end (0: no race)."""
+    return min(max(1, math.ceil(fraction * epochs)), epochs - 1)
+
+
 def val_noise(acc: float, val_images: int) -> float:
     """Binomial standard error of a val accuracy; at least one val image's worth."""
     return max(math.sqrt(acc * (1.0 - acc) / val_images), 1.0 / val_images)
@@ -138,7 +143,8 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
     start = resume_from or race.scores[leader].checkpoint
     fitted = fit_run(_config_for(cfg, leader, run), run, config_sha, start)
     raced = race.scores[leader]
-    seconds = round(raced.seconds + fitted.result.train_seconds, 3)  # its race slice and the continuation
+    # its race slice and the continuation (this process: a resumed run counts from its resume)
+    seconds = round(raced.seconds + fitted.result.train_seconds, 3)
     race.scores[leader] = Score(
         round(fitted.result.metrics["val/acc"], 6), fitted.trainer.current_epoch, seconds, "continued"
     )
@@ -188,7 +194,7 @@ def _class_counts(job: TransferJob, cfg: DictConfig, fraction: float) -> Race:
         val_images=int(counts["val"].sum()),
         val_min_per_class=int(counts["val"].min()),
         train_min_per_class=int(counts["train"].min()),
-        race_epochs=min(max(1, math.ceil(fraction * epochs)), epochs - 1),  # stop before the end: 0 = no race
+        race_epochs=race_epochs(fraction, epochs),
     )
 
 
@@ -203,7 +209,9 @@ def _config_for(cfg: DictConfig, name: str, run: RunDir) -> DictConfig:
     """The config that trains strategy=<name>; the race's frozen features shared through a disk cache."""
     chosen = with_preset(cfg, name, settings_of(cfg))
     if name == "scratch":  # every weight trains from random init: it wants a lower LR than the head of a transfer
-        chosen.optim.lr = float(chosen.optim.lr) * float(settings_of(cfg).scratch_lr_mult)
+        # a race saved before scratch_lr_mult existed raced scratch at optim.lr: it continues there
+        mult = (cfg.strategy.get("auto") or {}).get("scratch_lr_mult", 1.0)
+        chosen.optim.lr = float(chosen.optim.lr) * float(mult)
     if not chosen.data.feature_cache_dir:
         chosen.data.feature_cache_dir = str(run / FOLDER / "feature_cache")
     return chosen

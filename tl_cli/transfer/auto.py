@@ -128,7 +128,9 @@ def settings_of(cfg: DictConfig) -> DictConfig:
     """strategy.auto, or the schema defaults when strategy.name=auto was set without the auto preset."""
     from tl_cli.config.schema import AutoConfig
 
-    return cfg.strategy.auto if cfg.strategy.get("auto") is not None else OmegaConf.structured(AutoConfig)
+    defaults = OmegaConf.structured(AutoConfig)
+    # over the schema's defaults: a resumed run's saved config may predate a setting
+    return OmegaConf.merge(defaults, cfg.strategy.auto) if cfg.strategy.get("auto") is not None else defaults
 
 
 def preset(name: str) -> DictConfig:

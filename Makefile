@@ -58,8 +58,8 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_compile
 
 # Transfer study (docs/study.md), protocol v2: for each preset:backbone, stage 1 (every strategy x 5 LRs on seed 0),
-# the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc), the report, the frozen heads' probe check,
-# then the evidence is copied to docs/study/<sweep>/ and docs/study.md's tables are regenerated from it.
+# the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc),
+# the report, the frozen heads' probe check, then the evidence is copied to docs/study/<sweep>/ and docs/study.md's tables are regenerated from it.
 OUT          ?= $${TLCLI_OUTPUT_DIR:-outputs}
 STUDY_RUNS   ?= in1k_fashion:efficientnet_lite0 in1k_digits:efficientnet_lite0 fashion5:test_resnet digits:test_resnet
 # strategy=auto runs at one head LR for all its candidates: 0.03, the LR the ImageNet cells chose on val for finetune

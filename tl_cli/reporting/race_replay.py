@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tl_cli.config.schema import AutoConfig
 from tl_cli.errors import TlcliError
 from tl_cli.reporting.study import Cell, build_cells
 from tl_cli.reporting.sweep import SweepJob, group_jobs, load_jobs
@@ -28,13 +29,13 @@ SEARCH_SEED = 0
 
 @dataclass(frozen=True)
 class Variant:
-    """The race's settings under test (the names of strategy.auto's keys)."""
+    """The race's settings under test (the names of strategy.auto's keys); by default, its current settings."""
 
-    race_fraction: float = 0.3
-    tie_se: float = 0.5
-    prior: str = "finetune"
-    scratch_min_per_class: int = 1
-    scratch_lr_mult: float = 0.333  # scratch's LR relative to the auto LR
+    race_fraction: float = AutoConfig.race_fraction
+    tie_se: float = AutoConfig.tie_se
+    prior: str = AutoConfig.prior
+    scratch_min_per_class: int = AutoConfig.scratch_min_per_class
+    scratch_lr_mult: float = AutoConfig.scratch_lr_mult  # scratch's LR relative to the auto LR
 
     def label(self) -> str:
         return (

@@ -91,7 +91,7 @@ study: study-sources
 	  cp $$dir/study.csv $$dir/study.md $$dir/study.png $$dir/report.csv $$dir/probe_check.csv $$dir/auto.csv \
 	    docs/study/$${t}_$$b/; \
 	done
-	$(PY) -m tl_cli.reporting.study_doc docs/study.md
+	$(PY) -m tl_cli.reporting.study_doc docs/study.md README.md
 
 study-smoke: install
 	$(TLCLI) train -m experiment=study_smoke

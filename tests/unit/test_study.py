@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from tl_cli.errors import TlcliError
 from tl_cli.reporting.report import make_report
 from tl_cli.reporting.study import build_cells, hit_rate
 from tl_cli.reporting.sweep import choose_lr, group_jobs, load_jobs
@@ -166,13 +169,40 @@ def test_feature_sweep_table_compares_each_option_with_the_baseline_over_seeds(t
     assert "| `data.cutmix=1.0 data.mixup=0.8` | 0.710 ± 0.014 | -1.0 | yes | 0.710 | 2 |" in text
 
 
-def test_committed_study_doc_matches_the_committed_evidence() -> None:
-    """docs/study.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc after a study)."""
-    from tl_cli.reporting.study_doc import update
+def test_committed_study_doc_and_readme_match_the_committed_evidence() -> None:
+    """docs/study.md's and README.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc
+    after a study)."""
+    from tl_cli.reporting.study_doc import update, update_readme
 
-    assert update(Path(__file__).parents[2] / "docs" / "study.md", check=True), (
-        "docs/study.md is out of date: python -m tl_cli.reporting.study_doc docs/study.md"
-    )
+    root = Path(__file__).parents[2]
+    fix = "python -m tl_cli.reporting.study_doc docs/study.md README.md"
+    assert update(root / "docs" / "study.md", check=True), f"docs/study.md is out of date: {fix}"
+    assert update_readme(root / "README.md", root / "docs", check=True), f"README.md is out of date: {fix}"
+
+
+def test_readme_blocks_are_rewritten_between_their_markers(tmp_path: Path) -> None:
+    """The README's named blocks get the ImageNet sweeps' table and auto's scorecards; prose around them stays."""
+    from tl_cli.reporting.study_doc import readme_blocks, update_readme
+
+    sweep = tmp_path / "study" / "in1k_cell"
+    for seed in (0, 1):
+        write_job(sweep, f"f_{seed}", "freeze", 0.01, seed, val=0.80, test=0.70)
+        write_job(sweep, f"f2_{seed}", "freeze", 0.1, seed, val=0.70, test=0.90)
+        write_job(sweep, f"ft_{seed}", "finetune", 0.01, seed, val=0.90, test=0.80)
+    make_report(str(sweep))
+    names = list(readme_blocks(tmp_path))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n" + "".join(f"<!-- study_doc: {n} -->\nold\n<!-- study_doc: end {n} -->\nprose {n}\n"
+                                          for n in names))  # fmt: skip
+    assert update_readme(readme, tmp_path, check=True) is False
+    update_readme(readme, tmp_path, check=False)
+    text = readme.read_text()
+    assert "old" not in text and all(f"prose {n}" in text for n in names) and text.startswith("intro")
+    assert "| digits | 5 | 0.700 | **0.800** |" in text  # freeze at its val-chosen LR 0.01, not the 0.1 that tested best
+    assert update_readme(readme, tmp_path, check=True) is True
+    readme.write_text("no markers")
+    with pytest.raises(TlcliError, match="add the lines"):
+        update_readme(readme, tmp_path, check=True)
 
 
 def test_one_source_file_spelled_relative_and_absolute_is_one_group(tmp_path: Path, monkeypatch) -> None:
@@ -204,16 +234,16 @@ def test_auto_runs_are_scored_in_the_study_doc_against_every_constant(tmp_path: 
     make_report(str(sweep))
     text = "\n".join(auto_section([sweep]))
     assert "| digits · 5/class · test_resnet | finetune (0.801) | finetune (0.790), finetune (0.790) | " in text
-    assert "| auto (race) | 2 | 2/2 (100%) | 0.0 | 0.0 | -1.1 |" in text
-    assert "| auto (rule) | 2 | 0/2 (0%) | 10.1 | 10.1 | -10.1 |" in text
-    assert "| always freeze | 1 | 0/1 (0%) | 10.1 | 10.1 | - |" in text
+    assert "| auto (race) | 2 | 2/2 (100%) | 0.00 | 0.0 | -1.1 |" in text
+    assert "| auto (rule) | 2 | 0/2 (0%) | 10.10 | 10.1 | -10.1 |" in text
+    assert "| always freeze | 1 | 0/1 (0%) | 10.10 | 10.1 | - |" in text
     # the first race's runs, set aside with their auto.csv: scored beside the current race as "race v1"
     v1 = "dataset,backbone,samples_per_class,method,seed,pick,test_acc,seconds\n"
     v1 += "digits,test_resnet,5,race,0,freeze,0.7,50.0\ndigits,test_resnet,5,rule,0,freeze,0.7,\n"
     (sweep / "auto_race_v1.csv").write_text(v1)
     text = "\n".join(auto_section([sweep]))
     assert "| cell | best or tied (test acc of the best) | auto race | auto race v1 | auto rule |" in text
-    assert "| auto (race v1) | 1 | 0/1 (0%) | 10.1 | 10.1 | -10.1 |" in text  # its rule row is not a second race
+    assert "| auto (race v1) | 1 | 0/1 (0%) | 10.10 | 10.1 | -10.1 |" in text  # its rule row is not a second race
     assert "| auto (rule) | 2 | 0/2 (0%) |" in text
 
 

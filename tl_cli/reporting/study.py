@@ -198,7 +198,7 @@ def scorecard_lines(cards: list[Scorecard]) -> list[str]:
         own = f"{card.own_minus_best:+.1f}" if card.own_minus_best is not None else "-"
         share = f"{card.hits}/{card.picks} ({card.hits / card.picks:.0%})"
         lines.append(
-            f"| {card.name} | {card.picks} | {share} | {card.mean_regret:.1f} | {card.worst_regret:.1f} | {own} |"
+            f"| {card.name} | {card.picks} | {share} | {card.mean_regret:.2f} | {card.worst_regret:.1f} | {own} |"
         )
     return lines
 

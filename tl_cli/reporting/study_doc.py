@@ -4,8 +4,10 @@ Each sweep folder holds what `tlcli report` and `python -m tl_cli.reporting.prob
 report.csv, probe_check.csv) plus the Makefile's wall times (wall_times.txt). This module turns them into the
 markdown between the markers below, so every figure in docs/study.md can be traced to a file and cannot drift:
 
-    python -m tl_cli.reporting.study_doc docs/study.md      # rewrite the generated part
-    python -m tl_cli.reporting.study_doc docs/study.md --check   # exit 1 when it is out of date (tested)
+    python -m tl_cli.reporting.study_doc docs/study.md README.md   # rewrite the generated parts
+    python -m tl_cli.reporting.study_doc docs/study.md README.md --check   # exit 1 when out of date (tested)
+
+README.md gets named blocks (`readme_blocks`) between `<!-- study_doc: NAME -->` and `<!-- study_doc: end NAME -->`.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ def auto_section(folders: list[Path]) -> list[str]:
 def generate(docs: Path) -> str:
     """The study sweeps' sections, strategy=auto on their cells, then the fine-tuning option sweeps'
     (docs/study/features_*)."""
-    folders = sorted(p for p in (docs / "study").iterdir() if p.is_dir())
+    folders = _folders(docs)
     lines = [BEGIN, ""]
     for folder in folders:
         lines += sweep_section(folder) if (folder / "study.csv").is_file() else []
@@ -236,24 +238,86 @@ def generate(docs: Path) -> str:
     return "\n".join([*lines, END])
 
 
+def _folders(docs: Path) -> list[Path]:
+    return sorted(p for p in (docs / "study").iterdir() if p.is_dir())
+
+
+# the ImageNet-source sweeps (experiment=study_in1k_*), the README's headline cells
+IMAGENET_PREFIX = "in1k_"
+
+
+def imagenet_table(folders: list[Path]) -> list[str]:
+    """The ImageNet cells: each strategy's test acc (mean over seeds) at its val-chosen LR; bold best, ≈ tied."""
+    study = [r for f in folders if f.name.startswith(IMAGENET_PREFIX) for r in _rows(f / "study.csv")]
+    strategies = strategy_order({r["strategy"] for r in study})
+    lines = ["| target | samples/class | " + " | ".join(f"`{s}`" for s in strategies) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(strategies))
+    for key in sorted({(r["dataset"], r["samples_per_class"]) for r in study}):
+        cell = {r["strategy"]: r for r in study if (r["dataset"], r["samples_per_class"]) == key}
+        best = max(cell.values(), key=lambda r: float(r["test_acc"]))["strategy"]
+        row = list(key)
+        for s in strategies:
+            r = cell.get(s)
+            text = "-" if r is None else f"{float(r['test_acc']):.3f}"
+            row.append(f"**{text}**" if s == best else (f"≈ {text}" if r and r["best_or_tied"] == "True" else text))
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def readme_blocks(docs: Path) -> dict[str, list[str]]:
+    """The README's generated tables: the ImageNet cells, and strategy=auto's scorecard on all cells and on the
+    ImageNet cells alone."""
+    from tl_cli.reporting.study import scorecard_lines, scorecards
+
+    folders = _folders(docs)
+    imagenet = [f for f in folders if f.name.startswith(IMAGENET_PREFIX)]
+    return {
+        "imagenet_study": imagenet_table(imagenet),
+        "auto_scorecard": scorecard_lines(scorecards([c for f in folders for c in auto_cells(f)])),
+        "auto_scorecard_imagenet": scorecard_lines(scorecards([c for f in imagenet for c in auto_cells(f)])),
+    }
+
+
+def _splice(text: str, begin: str, end: str, body: str, doc: Path) -> str:
+    if begin not in text or end not in text:
+        raise TlcliError(f"{doc} has no generated part; add the lines {begin!r} and {end!r}")
+    head, rest = text.split(begin, 1)
+    return head + body + rest.split(end, 1)[1]
+
+
+def _write(doc: Path, new: str, check: bool) -> bool:
+    """Write `new` unless checking; whether the file already held it."""
+    fresh = new == doc.read_text()
+    if not check and not fresh:
+        doc.write_text(new)
+    return fresh
+
+
 def update(doc: Path, check: bool) -> bool:
     """Rewrite the generated part of `doc`; with check, only say whether it is up to date."""
-    text = doc.read_text()
-    if BEGIN not in text or END not in text:
-        raise TlcliError(f"{doc} has no generated part; add the lines {BEGIN!r} and {END!r}")
-    head, rest = text.split(BEGIN, 1)
-    new = head + generate(doc.parent) + rest.split(END, 1)[1]
-    if not check:
-        doc.write_text(new)
-    return new == text
+    return _write(doc, _splice(doc.read_text(), BEGIN, END, generate(doc.parent), doc), check)
+
+
+def update_readme(readme: Path, docs: Path, check: bool) -> bool:
+    """Rewrite the README's named blocks from docs/study/; with check, only say whether they are up to date."""
+    text = readme.read_text()
+    for name, lines in readme_blocks(docs).items():
+        begin, end = f"<!-- study_doc: {name} -->", f"<!-- study_doc: end {name} -->"
+        text = _splice(text, begin, end, "\n".join([begin, *lines, end]), readme)
+    return _write(readme, text, check)
 
 
 def main(argv: list[str]) -> int:
-    if not argv or not Path(argv[0]).is_file():
-        raise TlcliError("usage: python -m tl_cli.reporting.study_doc docs/study.md [--check]")
-    fresh = update(Path(argv[0]), check="--check" in argv)
-    if "--check" in argv and not fresh:
-        print(f"{argv[0]} is out of date: run python -m tl_cli.reporting.study_doc {argv[0]}", file=sys.stderr)
+    docs = [Path(a) for a in argv if not a.startswith("--")]
+    if not docs or not all(d.is_file() for d in docs):
+        raise TlcliError("usage: python -m tl_cli.reporting.study_doc docs/study.md [README.md] [--check]")
+    check = "--check" in argv
+    fresh = update(docs[0], check)
+    for readme in docs[1:]:
+        fresh = update_readme(readme, docs[0].parent, check) and fresh
+    if check and not fresh:
+        names = " ".join(map(str, docs))
+        print(f"{names}: out of date: run python -m tl_cli.reporting.study_doc {names}", file=sys.stderr)
         return 1
     return 0
 

@@ -100,3 +100,17 @@ def test_a_saved_config_from_before_scratch_lr_mult_races_on(tmp_path) -> None:
     del saved.strategy.auto["scratch_lr_mult"]
     assert settings_of(saved).scratch_lr_mult == pytest.approx(0.333)
     assert _config_for(saved, "scratch", RunDir(tmp_path)).optim.lr == pytest.approx(0.03)
+
+
+def test_a_saved_race_is_reused_only_by_its_own_config_or_a_resume(tmp_path) -> None:
+    """A rerun into the same run dir under other settings races again instead of continuing the old leader."""
+    from tl_cli.run.race import saved_race
+
+    path = tmp_path / "race.json"
+    assert saved_race(path, "abc", None) is None  # nothing raced yet
+    Race(100, 10, 10, 3, leader="finetune", config_sha="abc").save(path)
+    assert saved_race(path, "abc", None).leader == "finetune"  # an interrupted job of the same sweep
+    assert saved_race(path, "other", None) is None  # another config in the same run dir: race again
+    assert saved_race(path, "other", str(tmp_path)).leader == "finetune"  # resume= continues what is there
+    Race(100, 10, 10, 3, leader="finetune").save(path)  # recorded before config_sha was
+    assert saved_race(path, "other", None).leader == "finetune"

@@ -80,6 +80,7 @@ class Race:
     chosen: str | None = None  # set when the choice needs no continued run
     why: str = ""
     seconds: float = 0.0
+    config_sha: str | None = None  # the config it raced under (None: a race.json from before it was recorded)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -131,10 +132,10 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
     check_settings(settings)
     saved = run / FOLDER / RECORD
     saved.parent.mkdir(parents=True, exist_ok=True)
-    if saved.is_file():  # a resumed run: the race already ran
-        race = Race.load(saved)
-    else:
+    race = saved_race(saved, config_sha, resume_from)
+    if race is None:
         race = _race(cfg, run)
+        race.config_sha = config_sha
         race.save(saved)
     if race.chosen is not None:
         fitted = fit_run(_config_for(cfg, race.chosen, run), run, config_sha, resume_from)
@@ -154,6 +155,19 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
         _set_aside(run, leader)
         fitted = fit_run(_config_for(cfg, chosen, run), run, config_sha)
     return _record(fitted, race, chosen, why, settings, time.perf_counter() - started)
+
+
+def saved_race(path: Path, config_sha: str, resume_from: str | None) -> Race | None:
+    """The finished race in the run dir when it belongs to this run: raced under this config, or the run being
+    resumed (`resume=` continues whatever the run dir holds). None: race (again)."""
+    if not path.is_file():
+        return None
+    race = Race.load(path)
+    if resume_from or race.config_sha in (None, config_sha):
+        return race
+    log.info("strategy=auto: %s was raced under another config (%s, now %s); racing again", path,
+             race.config_sha, config_sha)  # fmt: skip
+    return None
 
 
 def _race(cfg: DictConfig, run: RunDir) -> Race:

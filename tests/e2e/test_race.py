@@ -69,6 +69,17 @@ def test_a_frozen_winner_replaces_the_continued_run(tlcli) -> None:
     assert summary["feature_cache"] is True
 
 
+def test_a_scratch_winner_records_the_lr_it_trained_at(tlcli) -> None:
+    """scratch races and continues at optim.lr x scratch_lr_mult; strategy_auto.lr says so, summary.json's lr
+    stays the command's (a sweep's key)."""
+    result = tlcli("train", *ALL_TIED, "strategy.auto.prior=scratch", "strategy.auto.scratch_lr_mult=0.5",
+                   "optim.lr=0.02", *SMOKE)  # fmt: skip
+    summary = summary_of(run_dir_of(result))
+    auto = summary["strategy_auto"]
+    assert auto["chosen"] == "scratch" and auto["candidates"]["scratch"]["stage"] == "continued"
+    assert summary["lr"] == 0.02 and abs(auto["lr"] - 0.01) < 1e-12
+
+
 def test_a_tiny_val_set_takes_the_prior_without_a_race(tlcli) -> None:
     result = tlcli("train", "strategy=auto", "strategy.auto.min_val_per_class=1000", *SMOKE)
     auto = summary_of(run_dir_of(result))["strategy_auto"]

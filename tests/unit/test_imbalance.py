@@ -124,3 +124,23 @@ def test_imbalance_options_and_monitors(overrides: list[str], message: str | Non
         with pytest.raises(TlcliError) as error:
             check_config(cfg)
         assert message in str(error.value)
+
+
+def test_the_disk_cache_holds_each_split_on_its_own(tmp_path: Path) -> None:
+    """A fit that is never tested (the race's candidates) extracts train and val only; a later run under the same
+    key reads those back and adds test, with the features it would have computed in one go."""
+    job = _job(tmp_path / "data", "strategy=freeze")
+    cpu, cache = torch.device("cpu"), tmp_path / "cache"
+    args = (job.net, job.datamodule, cpu, contextlib.nullcontext, str(cache))
+    first = cached_feature_splits(*args, extra={}, splits=("train", "val"))
+    (entry,) = cache.iterdir()
+    assert set(first) == {"train", "val"} and sorted(p.name for p in entry.iterdir()) == [
+        "train.x.npy", "train.y.npy", "val.x.npy", "val.y.npy"]  # fmt: skip
+    second = cached_feature_splits(*args, extra={})
+    assert set(second) == {"train", "val", "test"} and (entry / "test.y.npy").is_file()
+    assert not isinstance(second["test"], type(second["val"]))  # val read from disk, test computed now
+    in_one_go = cached_feature_splits(job.net, job.datamodule, cpu, contextlib.nullcontext, None, extra={})
+    for split in in_one_go:
+        x, y = next(iter(torch.utils.data.DataLoader(second[split], batch_size=100)))
+        x1, y1 = in_one_go[split].tensors
+        assert torch.equal(y, y1) and torch.allclose(x, x1)

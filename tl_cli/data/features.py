@@ -2,7 +2,9 @@
 with a deterministic train transform its outputs can be computed in one pass and reused every epoch.
 
 The cache lives in memory, or on disk (`data.feature_cache_dir`, memory-mapped .npy) keyed by
-backbone weights, eval transform and the exact samples of each split; any change gives a new key.
+backbone weights, eval transform and the exact samples of each split; any change gives a new key. On disk each
+split is its own entry (`<split>.x.npy`, then `<split>.y.npy`, each renamed into place), so a caller that never
+tests (strategy=auto's race) extracts train and val only, and a later run adds test to the same key.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,44 +98,55 @@ def extract(
 
 
 def cached_feature_splits(
-    net, datamodule, device, forward_context, cache_dir: str | None, extra: dict, channels_last: bool = False
+    net,
+    datamodule,
+    device,
+    forward_context,
+    cache_dir: str | None,
+    extra: dict,
+    channels_last: bool = False,
+    splits: tuple[str, ...] | None = None,
 ) -> dict:
-    """Feature datasets for every split, from the disk cache when its key matches, else computed now.
+    """Feature datasets for `splits` (default: every split), each from the disk cache when its key holds it,
+    else computed now.
 
     The extraction runs under a forked RNG so the training that follows draws the same random numbers
     as it would without the cache.
     """
+    wanted = [s for s in datamodule.splits if splits is None or s in splits]
     key = cache_key(net.backbone, datamodule.eval_transform, datamodule.splits, extra) if cache_dir else None
     folder = Path(cache_dir).expanduser() / key if key else None
-    if folder is not None and (folder / "done").is_file():
-        log.info("feature cache hit: %s", folder)
-        return {
-            split: MappedFeatures(np.load(folder / f"{split}.x.npy", mmap_mode="r"), np.load(folder / f"{split}.y.npy"))
-            for split in datamodule.splits
-        }
     result: dict[str, Dataset] = {}
+    if folder is not None:
+        result = {s: _load(folder, s) for s in wanted if (folder / f"{s}.y.npy").is_file()}
+    missing = [s for s in wanted if s not in result]
+    if result:
+        log.info("feature cache hit: %s (%s)", folder, ", ".join(result))
+    if not missing:
+        return result
     was_training = net.backbone.training
     net.backbone.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for split in datamodule.splits:
+        for split in missing:
             x, y = extract(net, datamodule.eval_loader(split), device, forward_context, channels_last)
             result[split] = TensorDataset(x, y)
     net.backbone.train(was_training)
     if folder is not None:
-        _write(folder, result)
+        _write(folder, {s: result[s] for s in missing})
     return result
 
 
+def _load(folder: Path, split: str) -> MappedFeatures:
+    return MappedFeatures(np.load(folder / f"{split}.x.npy", mmap_mode="r"), np.load(folder / f"{split}.y.npy"))
+
+
 def _write(folder: Path, result: dict[str, TensorDataset]) -> None:
-    """Write to a temp folder, then rename: a killed run never leaves a half-written cache entry."""
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    """Each file written under a temporary name, then renamed; labels last: a killed run never leaves a split
+    that looks complete."""
+    folder.mkdir(parents=True, exist_ok=True)
     for split, ds in result.items():
-        np.save(tmp / f"{split}.x.npy", ds.tensors[0].numpy())
-        np.save(tmp / f"{split}.y.npy", ds.tensors[1].numpy())
-    (tmp / "done").write_text("ok")
-    if folder.exists():
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, folder)
-    log.info("feature cache written: %s", folder)
+        for suffix, array in (("x", ds.tensors[0].numpy()), ("y", ds.tensors[1].numpy())):
+            tmp = folder / f"{split}.{suffix}.tmp{os.getpid()}.npy"
+            np.save(tmp, array)
+            os.replace(tmp, folder / f"{split}.{suffix}.npy")
+    log.info("feature cache written: %s (%s)", folder, ", ".join(result))

@@ -138,11 +138,13 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
         race.config_sha = config_sha
         race.save(saved)
     if race.chosen is not None:
-        fitted = fit_run(_config_for(cfg, race.chosen, run), run, config_sha, resume_from)
-        return _record(fitted, race, race.chosen, race.why, settings, time.perf_counter() - started)
+        final = _config_for(cfg, race.chosen, run)
+        fitted = fit_run(final, run, config_sha, resume_from)
+        return _record(fitted, race, race.chosen, race.why, final, time.perf_counter() - started)
     leader = race.leader
     start = resume_from or race.scores[leader].checkpoint
-    fitted = fit_run(_config_for(cfg, leader, run), run, config_sha, start)
+    final = _config_for(cfg, leader, run)
+    fitted = fit_run(final, run, config_sha, start)
     raced = race.scores[leader]
     # its race slice and the continuation (this process: a resumed run counts from its resume)
     seconds = round(raced.seconds + fitted.result.train_seconds, 3)
@@ -153,8 +155,9 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
     chosen, why = pick(final, race.val_images, settings.tie_se, settings.prior)
     if chosen != leader:
         _set_aside(run, leader)
-        fitted = fit_run(_config_for(cfg, chosen, run), run, config_sha)
-    return _record(fitted, race, chosen, why, settings, time.perf_counter() - started)
+        final = _config_for(cfg, chosen, run)
+        fitted = fit_run(final, run, config_sha)
+    return _record(fitted, race, chosen, why, final, time.perf_counter() - started)
 
 
 def saved_race(path: Path, config_sha: str, resume_from: str | None) -> Race | None:
@@ -245,7 +248,7 @@ def _fit_candidate(cfg: DictConfig, folder: Path, stop_epoch: int | None, job: T
     trainer, channels_last = make_trainer(cfg.trainer, cfg.model.channels_last, callbacks, [logger])
     if channels_last:
         to_channels_last(job)
-    attach_feature_cache(cfg, job, trainer, channels_last)
+    attach_feature_cache(cfg, job, trainer, channels_last, splits=("train", "val"))  # candidates are not tested
     result = fit(trainer, job)
     checkpoint = None
     if stop_epoch:
@@ -274,8 +277,10 @@ def tidy(run: RunDir) -> None:
     shutil.rmtree(folder / "feature_cache", ignore_errors=True)
 
 
-def _record(fitted: Fitted, race: Race, chosen: str, why: str, settings: DictConfig, seconds: float) -> Fitted:
-    """strategy_auto in summary.json, and the one log line."""
+def _record(fitted: Fitted, race: Race, chosen: str, why: str, final: DictConfig, seconds: float) -> Fitted:
+    """strategy_auto in summary.json (with the LR the chosen strategy trained at: summary.json's `lr` stays the
+    command's optim.lr, which a sweep groups by), and the one log line."""
+    settings = final.strategy.auto
     block = OmegaConf.to_container(preset(chosen), resolve=True)  # eval/predict/export rebuild the network from it
     scores = {name: asdict(score) for name, score in race.scores.items()}
     for score in scores.values():
@@ -291,6 +296,7 @@ def _record(fitted: Fitted, race: Race, chosen: str, why: str, settings: DictCon
         "train_min_per_class": race.train_min_per_class,
         "race_seconds": race.seconds,
         "seconds": round(seconds, 3),  # the race and the final fit (this process; before the test)
+        "lr": float(final.optim.lr),  # scratch trains at optim.lr x scratch_lr_mult
         **{k: settings[k] for k in (*SETTINGS, "prior")},
         "preset": {k: v for k, v in block.items() if k != "auto"},
     }

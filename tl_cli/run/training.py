@@ -238,8 +238,11 @@ def feature_cache_extra(cfg: DictConfig) -> dict[str, Any]:
     return {"backbone": cfg.model.backbone, "data": cfg.data.name, "root": cfg.data.root}
 
 
-def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, channels_last: bool) -> bool:
-    """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/data/features.py)."""
+def attach_feature_cache(
+    cfg: DictConfig, job: TransferJob, trainer: L.Trainer, channels_last: bool, splits: tuple[str, ...] | None = None
+) -> bool:
+    """For a frozen backbone with deterministic inputs, serve its features computed once (tl_cli/data/features.py);
+    `splits`: only these (a fit that never tests needs no test features)."""
     mixing = bool(cfg.data.get("mixup") or cfg.data.get("cutmix"))
     use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment, mixing)
     log.info("feature cache %s: %s", "on" if use_cache else "off", why)
@@ -254,6 +257,7 @@ def attach_feature_cache(cfg: DictConfig, job: TransferJob, trainer: L.Trainer, 
         cfg.data.feature_cache_dir,
         extra=feature_cache_extra(cfg),
         channels_last=channels_last,
+        splits=splits,
     )
     job.datamodule.use_features(features)
     job.module.inputs_are_features = True

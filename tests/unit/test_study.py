@@ -198,7 +198,8 @@ def test_readme_blocks_are_rewritten_between_their_markers(tmp_path: Path) -> No
     update_readme(readme, tmp_path, check=False)
     text = readme.read_text()
     assert "old" not in text and all(f"prose {n}" in text for n in names) and text.startswith("intro")
-    assert "| digits | 5 | 0.700 | **0.800** |" in text  # freeze at its val-chosen LR 0.01, not the 0.1 that tested best
+    # freeze at its val-chosen LR 0.01, not the 0.1 that tested best
+    assert "| digits | 5 | 0.700 | **0.800** |" in text
     assert update_readme(readme, tmp_path, check=True) is True
     readme.write_text("no markers")
     with pytest.raises(TlcliError, match="add the lines"):

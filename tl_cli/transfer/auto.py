@@ -153,9 +153,9 @@ def with_preset(cfg: DictConfig, chosen: str, settings: DictConfig) -> DictConfi
 
 
 def choose(cfg: DictConfig, backbone_kwargs: dict[str, Any]) -> tuple[DictConfig, dict[str, Any]]:
-    """Measure, decide, log; returns (the config with the chosen strategy's preset, the summary record)."""
+    """Measure, decide, log; returns (the config with the chosen strategy's preset, the summary record).
+    The settings were checked by the caller (build_job)."""
     settings = settings_of(cfg)
-    check_settings(settings)
     _warn_ignored_overrides(cfg)
     start = time.perf_counter()
     figures = measure(cfg, backbone_kwargs, settings.probe_max_train, settings.probe_max_val)

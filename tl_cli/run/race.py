@@ -151,8 +151,8 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
     race.scores[leader] = Score(
         round(fitted.result.metrics["val/acc"], 6), fitted.trainer.current_epoch, seconds, "continued"
     )
-    final = {name: s.val_acc for name, s in race.scores.items() if name == leader or name in FROZEN}
-    chosen, why = pick(final, race.val_images, settings.tie_se, settings.prior)
+    finals = {name: s.val_acc for name, s in race.scores.items() if name == leader or name in FROZEN}
+    chosen, why = pick(finals, race.val_images, settings.tie_se, settings.prior)
     if chosen != leader:
         _set_aside(run, leader)
         final = _config_for(cfg, chosen, run)

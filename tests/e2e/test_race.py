@@ -55,6 +55,21 @@ def test_the_race_winner_continues_exactly_as_a_straight_run(tlcli, tmp_path) ->
     assert abs(metrics["acc"] - summary_of(run_dir)["metrics"]["test/acc"]) < 1e-6
 
 
+def test_the_continued_winner_chooses_its_best_epoch_over_the_race_epochs_too(tlcli) -> None:
+    """With the default monitor (val/acc), the continued run keeps its checkpoint callback's state from the race:
+    Lightning drops it, with a warning, when the checkpoint folder changed. Its best checkpoint is a straight run's."""
+    smoke = ["experiment=smoke", "trainer.max_epochs=4"]
+    race = tlcli("train", *ALL_TIED, *smoke)
+    run_dir = run_dir_of(race)
+    straight = run_dir_of(tlcli("train", "strategy=finetune", *smoke))
+    assert "dirpath has changed" not in race.stdout + race.stderr
+    ours, theirs = summary_of(run_dir), summary_of(straight)
+    assert ours["strategy_auto"]["chosen"] == "finetune"
+    assert ours["metrics"]["val/acc"] == theirs["metrics"]["val/acc"]
+    a, b = _weights(run_dir / ours["best_checkpoint"]), _weights(straight / theirs["best_checkpoint"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_frozen_winner_replaces_the_continued_run(tlcli) -> None:
     result = tlcli("train", *ALL_TIED, "strategy.auto.prior=extend_freeze", *SMOKE)
     run_dir = run_dir_of(result)

@@ -7,7 +7,8 @@ then train the winner in full, without training it twice.
 3. The trainable ones (finetune, extend_finetune; scratch with >= `scratch_min_per_class` train images in every
    class, at `scratch_lr_mult` x optim.lr) train `race_fraction` of trainer.max_epochs under the full budget's LR
    schedule (StopAfterEpochs). The best by val acc continues, in the run dir itself, from the checkpoint where it
-   stopped: the schedule depends on the epoch alone, so this is the run it would have been uninterrupted.
+   stopped: the schedule depends on the epoch alone, so this is the run it would have been uninterrupted. Its
+   best checkpoint so far comes along (`continue_checkpoint`), so the best epoch is chosen over all the epochs.
 4. The final pick: the continued run against the frozen ones, by val acc. Ties (within `tie_se` binomial standard
    errors of the best val acc) go to the prior, then finetune, extend_finetune, freeze, extend_freeze, scratch: the
    studies' best constant first; cost no longer separates them, it is already spent. If a frozen strategy wins, the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -142,7 +144,7 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
         fitted = fit_run(final, run, config_sha, resume_from)
         return _record(fitted, race, race.chosen, race.why, final, time.perf_counter() - started)
     leader = race.leader
-    start = resume_from or race.scores[leader].checkpoint
+    start = resume_from or continue_checkpoint(run, leader, race.scores[leader].checkpoint)
     final = _config_for(cfg, leader, run)
     fitted = fit_run(final, run, config_sha, start)
     raced = race.scores[leader]
@@ -257,6 +259,39 @@ def _fit_candidate(cfg: DictConfig, folder: Path, stop_epoch: int | None, job: T
     stage = "race" if stop_epoch else "full"
     val_acc, seconds = round(result.metrics["val/acc"], 6), round(result.train_seconds, 3)
     return Score(val_acc, trainer.current_epoch, seconds, stage, checkpoint)
+
+
+def continue_checkpoint(run: RunDir, name: str, race_checkpoint: str) -> str:
+    """The leader's race checkpoint made the run dir's own: its best checkpoint copied to <run dir>/checkpoints and
+    the checkpoint callback's paths rebased there. Lightning keeps the best score only when the folder is unchanged;
+    otherwise the continued run would choose its best epoch among the continued epochs alone."""
+    import torch
+
+    state = torch.load(race_checkpoint, map_location="cpu", weights_only=False)
+    old, new = os.path.realpath(Path(race_checkpoint).parent), os.path.realpath(run / "checkpoints")
+    for key, callback in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and callback.get("dirpath") == old:
+            for best in {callback.get("best_model_path"), *callback.get("best_k_models", {})} - {None, ""}:
+                Path(new).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(best, _rebased(best, old, new))
+            _rebase(callback, old, new)
+    continued = Path(race_checkpoint).with_name("continue.ckpt")  # in auto/<name>/: tidy() removes it
+    torch.save(state, continued)
+    return str(continued)
+
+
+def _rebased(path: object, old: str, new: str) -> object:
+    return new + path[len(old) :] if isinstance(path, str) and path.startswith(old + os.sep) else path
+
+
+def _rebase(callback: dict, old: str, new: str) -> None:
+    """ModelCheckpoint's saved paths, from folder `old` to folder `new`."""
+    callback["dirpath"] = new
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in callback:
+            callback[key] = _rebased(callback[key], old, new)
+    if "best_k_models" in callback:
+        callback["best_k_models"] = {_rebased(k, old, new): v for k, v in callback["best_k_models"].items()}
 
 
 def _set_aside(run: RunDir, name: str) -> None:

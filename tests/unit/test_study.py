@@ -306,3 +306,15 @@ def test_race_replay_simulates_the_race_on_the_search_seeds_val_curves(tmp_path:
     assert replay_cell(cell, runs, Variant(scratch_min_per_class=50)) == "finetune"  # 5 per class: no scratch
     assert replay_cell(cell, runs, Variant(scratch_min_per_class=50, race_fraction=0.5)) == "extend_finetune"
     assert replay_cell(cell, runs, Variant(scratch_lr_mult=0.1)) is None  # no scratch run at lr 0.003
+
+
+def test_unseen_cells_are_those_raced_only_after_the_settings_were_chosen() -> None:
+    """race v2's settings were chosen on a replay of the cells race v1 ran on; the others are held out."""
+    from tl_cli.reporting.study import AutoRun, Cell
+    from tl_cli.reporting.study_doc import unseen_cells
+
+    tuned, new, rule_only = (Cell("d", "b", "w", n) for n in (10, 50, 100))
+    tuned.auto_runs = [AutoRun("race", "finetune", 0.9), AutoRun("race v1", "freeze", 0.8)]
+    new.auto_runs = [AutoRun("race", "finetune", 0.9), AutoRun("rule", "scratch", 0.5)]
+    rule_only.auto_runs = [AutoRun("rule", "scratch", 0.5)]
+    assert unseen_cells([tuned, new, rule_only]) == [new]

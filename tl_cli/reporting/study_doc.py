@@ -271,11 +271,20 @@ def readme_blocks(docs: Path) -> dict[str, list[str]]:
 
     folders = _folders(docs)
     imagenet = [f for f in folders if f.name.startswith(IMAGENET_PREFIX)]
+    cells = [c for f in folders for c in auto_cells(f)]
     return {
         "imagenet_study": imagenet_table(imagenet),
-        "auto_scorecard": scorecard_lines(scorecards([c for f in folders for c in auto_cells(f)])),
+        "auto_scorecard": scorecard_lines(scorecards(cells)),
         "auto_scorecard_imagenet": scorecard_lines(scorecards([c for f in imagenet for c in auto_cells(f)])),
+        "auto_scorecard_unseen": scorecard_lines(scorecards(unseen_cells(cells))),
     }
+
+
+def unseen_cells(cells: list) -> list:
+    """The cells the race's settings were not chosen on: race_replay chose them on the cells race v1 had run on,
+    so these are the cells with a race run and no race v1 run."""
+    methods = [{r.method for r in c.auto_runs} for c in cells]
+    return [c for c, m in zip(cells, methods, strict=True) if "race" in m and "race v1" not in m]
 
 
 def _splice(text: str, begin: str, end: str, body: str, doc: Path) -> str:

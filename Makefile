@@ -55,6 +55,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_folder_startup
 	$(PY) -m benchmarks.bench_optimizer
 	$(PY) -m benchmarks.bench_vs_timm
+	$(PY) -m benchmarks.profile_vs_timm
 	$(PY) -m benchmarks.bench_compile
 
 # Transfer study (docs/study.md), protocol v2: for each preset:backbone, stage 1 (every strategy x 5 LRs on seed 0),

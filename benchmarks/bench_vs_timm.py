@@ -85,7 +85,8 @@ def write_source(path: Path, recipe: Recipe) -> None:
     save_file(timm.create_model(recipe.model, **dict(recipe.model_kwargs)).state_dict(), str(path))
 
 
-def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+def timm_args(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> list[str]:
+    """timm train.py's command line for the recipe."""
     args = [sys.executable, str(PEER), "--data-dir", str(data), "--train-split", "train", "--val-split", "val"]
     args += ["--model", recipe.model, "--pretrained", "--pretrained-path", str(source), "--num-classes", "10"]
     args += ["--img-size", "64", "-b", "64", "--epochs", "3", "--opt", "adamw", "--lr", str(recipe.lr)]
@@ -95,6 +96,11 @@ def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) ->
     args += ["--scale", "0.08", "1.0", "--color-jitter", "0.4", "--hflip", "0.5", "--seed", "1"]
     args += ["--output", str(out), "--experiment", "run", "--log-interval", "1000", "--checkpoint-hist", "1"]
     args += ["--amp", "--amp-dtype", "bfloat16"] if bf16 else []
+    return args
+
+
+def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+    args = timm_args(recipe, data, source, out, bf16)
     start = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -109,7 +115,8 @@ def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) ->
     }
 
 
-def run_tlcli(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+def tlcli_args(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> list[str]:
+    """tlcli train's command line for the same recipe."""
     args = [TLCLI, "train", "data=image_folder", f"data.root={data}", "model=timm", f"model.backbone={recipe.model}"]
     args += [f"model.weights={source}", "model.img_size=64", "data.batch_size=64", "trainer.max_epochs=3"]
     args += ["strategy=finetune", "strategy.backbone_lr_mult=1.0", f"optim.lr={recipe.lr}", "optim.weight_decay=0.05"]
@@ -120,6 +127,11 @@ def run_tlcli(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -
         "data.aug.hflip=0.5",
         "data.aug.color_jitter=0.4",
     ]
+    return args
+
+
+def run_tlcli(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+    args = tlcli_args(recipe, data, source, out, bf16)
     start = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True)
     wall = time.perf_counter() - start

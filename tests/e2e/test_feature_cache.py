@@ -39,7 +39,7 @@ def test_disk_cache_is_reused_and_invalidated(tlcli, tmp_path: Path) -> None:
     run_dir_of(first)
     assert "feature cache written" in first.stdout + first.stderr
     entries = [p for p in cache.iterdir() if (p / "test.y.npy").is_file()]
-    assert len(entries) == 1 and (entries[0] / "train.x.npy").is_file() and not list(entries[0].glob("*tmp*"))
+    assert len(entries) == 1 and (entries[0] / "train.x.npy").is_file() and not list(entries[0].glob("*.tmp"))
     again = tlcli("train", *FROZEN, f"data.feature_cache_dir={cache}")
     assert summary_of(run_dir_of(again))["metrics"]["test/acc"] == summary_of(run_dir_of(first))["metrics"]["test/acc"]
     assert "feature cache hit" in again.stdout + again.stderr

@@ -84,6 +84,18 @@ def test_a_frozen_winner_replaces_the_continued_run(tlcli) -> None:
     assert summary["feature_cache"] is True
 
 
+def test_a_frozen_winner_stopped_while_it_retrains_resumes_as_itself(tlcli, tmp_path) -> None:
+    """race.json records a frozen winner before it retrains in the run dir, so a rerun resumes the frozen winner
+    from its own last.ckpt, not the continued leader (whose optimizer and layers differ)."""
+    args = [*ALL_TIED, "strategy.auto.prior=extend_freeze", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}"]
+    run_dir = run_dir_of(tlcli("train", *args))
+    assert json.loads((run_dir / "auto/race.json").read_text())["final"] == "extend_freeze"
+    (run_dir / "summary.json").unlink()  # as if stopped before the end: last.ckpt is the frozen winner's
+    again = tlcli("train", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert summary_of(run_dir_of(again))["strategy_auto"]["chosen"] == "extend_freeze"
+
+
 def test_a_scratch_winner_records_the_lr_it_trained_at(tlcli) -> None:
     """scratch races and continues at optim.lr x scratch_lr_mult; strategy_auto.lr says so, summary.json's lr
     stays the command's (a sweep's key)."""

@@ -4,6 +4,7 @@ and the study's scorecards (auto against every constant strategy)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -106,11 +107,48 @@ def test_a_saved_race_is_reused_only_by_its_own_config_or_a_resume(tmp_path) -> 
     """A rerun into the same run dir under other settings races again instead of continuing the old leader."""
     from tl_cli.run.race import saved_race
 
-    path = tmp_path / "race.json"
+    path, leader_ckpt = tmp_path / "race.json", tmp_path / "race.ckpt"
+    leader_ckpt.write_bytes(b"x")
     assert saved_race(path, "abc", None) is None  # nothing raced yet
-    Race(100, 10, 10, 3, leader="finetune", config_sha="abc").save(path)
+    scores = {"finetune": Score(0.7, 3, 1.0, "race", str(leader_ckpt))}
+    Race(100, 10, 10, 3, scores, leader="finetune", config_sha="abc").save(path)
     assert saved_race(path, "abc", None).leader == "finetune"  # an interrupted job of the same sweep
     assert saved_race(path, "other", None) is None  # another config in the same run dir: race again
     assert saved_race(path, "other", str(tmp_path)).leader == "finetune"  # resume= continues what is there
-    Race(100, 10, 10, 3, leader="finetune").save(path)  # recorded before config_sha was
-    assert saved_race(path, "other", None).leader == "finetune"
+    Race(100, 10, 10, 3, scores, leader="finetune").save(path)  # recorded before config_sha was: race again
+    assert saved_race(path, "abc", None) is None
+    Race(100, 10, 10, 3, scores, leader="finetune", config_sha="abc").save(path)
+    leader_ckpt.unlink()  # a finished run's candidates were tidied away: nothing to continue from
+    assert saved_race(path, "abc", None) is None
+
+
+def test_the_continued_leader_takes_its_checkpoint_callbacks_state_along(tmp_path) -> None:
+    """The race checkpoint's ModelCheckpoint paths move from auto/<name>/ to the run dir, its best checkpoint is
+    copied there, so Lightning restores the best score instead of dropping it; a callback saving elsewhere stays."""
+    import os
+
+    import torch
+
+    from tl_cli.run.race import continue_checkpoint
+    from tl_cli.run.rundir import RunDir
+
+    run = tmp_path / "run"
+    folder = run / "auto" / "finetune" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "best.ckpt").write_bytes(b"best weights")
+    old = os.path.realpath(folder)
+    best = f"{old}/best.ckpt"
+    ours = {"dirpath": old, "best_model_path": best, "best_model_score": torch.tensor(0.9),
+            "best_k_models": {best: torch.tensor(0.9)}, "last_model_path": f"{old}/last.ckpt"}  # fmt: skip
+    elsewhere = {"dirpath": str(tmp_path / "other"), "best_model_path": ""}
+    callbacks = {"ModelCheckpoint{'monitor': 'val/acc'}": ours, "ModelCheckpoint{'monitor': None}": elsewhere}
+    torch.save({"callbacks": callbacks, "epoch": 2}, folder / "race.ckpt")
+    continued = continue_checkpoint(RunDir(run), "finetune", str(folder / "race.ckpt"))
+    state = torch.load(continued, weights_only=False)["callbacks"]
+    new = os.path.realpath(run / "checkpoints")
+    moved = state["ModelCheckpoint{'monitor': 'val/acc'}"]
+    assert moved["dirpath"] == new and moved["best_model_path"] == f"{new}/best.ckpt"
+    assert list(moved["best_k_models"]) == [f"{new}/best.ckpt"] and moved["last_model_path"] == f"{new}/last.ckpt"
+    assert (run / "checkpoints" / "best.ckpt").read_bytes() == b"best weights"
+    assert state["ModelCheckpoint{'monitor': None}"] == elsewhere
+    assert Path(continued).parent == folder  # under auto/: removed with the candidates' files

@@ -189,6 +189,7 @@ def test_readme_blocks_are_rewritten_between_their_markers(tmp_path: Path) -> No
         write_job(sweep, f"f_{seed}", "freeze", 0.01, seed, val=0.80, test=0.70)
         write_job(sweep, f"f2_{seed}", "freeze", 0.1, seed, val=0.70, test=0.90)
         write_job(sweep, f"ft_{seed}", "finetune", 0.01, seed, val=0.90, test=0.80)
+        write_job(sweep, f"ft10_{seed}", "finetune", 0.01, seed, val=0.90, test=0.85, samples_per_class=10)
     make_report(str(sweep))
     names = list(readme_blocks(tmp_path))
     readme = tmp_path / "README.md"
@@ -199,7 +200,8 @@ def test_readme_blocks_are_rewritten_between_their_markers(tmp_path: Path) -> No
     text = readme.read_text()
     assert "old" not in text and all(f"prose {n}" in text for n in names) and text.startswith("intro")
     # freeze at its val-chosen LR 0.01, not the 0.1 that tested best
-    assert "| digits | 5 | 0.700 | **0.800** |" in text
+    assert "| digits | test_resnet | 5 | 0.700 | **0.800** |" in text
+    assert text.index("| digits | test_resnet | 5 |") < text.index("| digits | test_resnet | 10 | - | **0.850** |")
     assert update_readme(readme, tmp_path, check=True) is True
     readme.write_text("no markers")
     with pytest.raises(TlcliError, match="add the lines"):

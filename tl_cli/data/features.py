@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,12 @@ def _write(folder: Path, result: dict[str, TensorDataset]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for split, ds in result.items():
         for suffix, array in (("x", ds.tensors[0].numpy()), ("y", ds.tensors[1].numpy())):
-            tmp = folder / f"{split}.{suffix}.tmp{os.getpid()}.npy"
-            np.save(tmp, array)
-            os.replace(tmp, folder / f"{split}.{suffix}.npy")
+            # a unique temporary name: writers on other nodes of a shared cache dir may share a pid
+            handle, tmp = tempfile.mkstemp(dir=folder, prefix=f"{split}.{suffix}.", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as f:
+                    np.save(f, array)
+                os.replace(tmp, folder / f"{split}.{suffix}.npy")
+            finally:
+                Path(tmp).unlink(missing_ok=True)
     log.info("feature cache written: %s (%s)", folder, ", ".join(result))

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.run.rundir import RunDir
@@ -82,7 +83,9 @@ class Race:
     chosen: str | None = None  # set when the choice needs no continued run
     why: str = ""
     seconds: float = 0.0
-    config_sha: str | None = None  # the config it raced under (None: a race.json from before it was recorded)
+    config_sha: str | None = None  # the config it raced under
+    final: str | None = None  # a frozen winner over the continued leader, saved before it retrains: a resume
+    final_why: str = ""  # retrains it, not the leader
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -139,40 +142,60 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
         race = _race(cfg, run)
         race.config_sha = config_sha
         race.save(saved)
-    if race.chosen is not None:
-        final = _config_for(cfg, race.chosen, run)
-        fitted = fit_run(final, run, config_sha, resume_from)
-        return _record(fitted, race, race.chosen, race.why, final, time.perf_counter() - started)
-    leader = race.leader
+    if race.chosen is not None:  # no race: the prior
+        return _fit_final(cfg, run, race, race.chosen, race.why, config_sha, resume_from, started)
+    if race.final is None:
+        fitted, final = _continue_leader(cfg, run, race, config_sha, resume_from)
+        if race.final == race.leader:
+            return _record(fitted, race, race.final, race.final_why, final, time.perf_counter() - started)
+        _set_aside(run, race.leader)
+        race.save(saved)  # a frozen winner: a resumed run retrains it, not the leader
+        resume_from = None
+    return _fit_final(cfg, run, race, race.final, race.final_why, config_sha, resume_from, started)
+
+
+def _continue_leader(
+    cfg: DictConfig, run: RunDir, race: Race, config_sha: str, resume_from: str | None
+) -> tuple[Fitted, DictConfig]:
+    """The leader trains on to the full budget in the run dir; then the final pick, by val acc, between it and the
+    frozen candidates (race.final, race.final_why)."""
+    leader, settings = race.leader, settings_of(cfg)
     start = resume_from or continue_checkpoint(run, leader, race.scores[leader].checkpoint)
     final = _config_for(cfg, leader, run)
     fitted = fit_run(final, run, config_sha, start)
-    raced = race.scores[leader]
     # its race slice and the continuation (this process: a resumed run counts from its resume)
-    seconds = round(raced.seconds + fitted.result.train_seconds, 3)
-    race.scores[leader] = Score(
-        round(fitted.result.metrics["val/acc"], 6), fitted.trainer.current_epoch, seconds, "continued"
-    )
+    seconds = round(race.scores[leader].seconds + fitted.result.train_seconds, 3)
+    val_acc = round(fitted.result.metrics["val/acc"], 6)
+    race.scores[leader] = Score(val_acc, fitted.trainer.current_epoch, seconds, "continued")
     finals = {name: s.val_acc for name, s in race.scores.items() if name == leader or name in FROZEN}
-    chosen, why = pick(finals, race.val_images, settings.tie_se, settings.prior)
-    if chosen != leader:
-        _set_aside(run, leader)
-        final = _config_for(cfg, chosen, run)
-        fitted = fit_run(final, run, config_sha)
-    return _record(fitted, race, chosen, why, final, time.perf_counter() - started)
+    race.final, race.final_why = pick(finals, race.val_images, settings.tie_se, settings.prior)
+    return fitted, final
+
+
+def _fit_final(
+    cfg: DictConfig, run: RunDir, race: Race, name: str, why: str, config_sha: str, resume: str | None, started: float
+) -> Fitted:
+    """Train the choice in the run dir from the start (or resume it), and record it."""
+    final = _config_for(cfg, name, run)
+    fitted = fit_run(final, run, config_sha, resume)
+    return _record(fitted, race, name, why, final, time.perf_counter() - started)
 
 
 def saved_race(path: Path, config_sha: str, resume_from: str | None) -> Race | None:
     """The finished race in the run dir when it belongs to this run: raced under this config, or the run being
-    resumed (`resume=` continues whatever the run dir holds). None: race (again)."""
+    resumed (`resume=` continues whatever the run dir holds). None: race (again), also when the leader's race
+    checkpoint is gone before it continued (a finished run's candidates were tidied away)."""
     if not path.is_file():
         return None
     race = Race.load(path)
-    if resume_from or race.config_sha in (None, config_sha):
-        return race
-    log.info("strategy=auto: %s was raced under another config (%s, now %s); racing again", path,
-             race.config_sha, config_sha)  # fmt: skip
-    return None
+    if not resume_from and race.config_sha != config_sha:
+        log.info("strategy=auto: %s was raced under another config; racing again", path)
+        return None
+    waiting = race.chosen is None and race.final is None and not resume_from
+    if waiting and not Path(race.scores[race.leader].checkpoint or "").is_file():
+        log.info("strategy=auto: the race leader's checkpoint is gone; racing again")
+        return None
+    return race
 
 
 def _race(cfg: DictConfig, run: RunDir) -> Race:
@@ -262,32 +285,39 @@ def _fit_candidate(cfg: DictConfig, folder: Path, stop_epoch: int | None, job: T
 
 
 def continue_checkpoint(run: RunDir, name: str, race_checkpoint: str) -> str:
-    """The leader's race checkpoint made the run dir's own: its best checkpoint copied to <run dir>/checkpoints and
-    the checkpoint callback's paths rebased there. Lightning keeps the best score only when the folder is unchanged;
-    otherwise the continued run would choose its best epoch among the continued epochs alone."""
-    import torch
-
+    """The leader's race checkpoint made the run dir's own: the checkpoint callbacks' saved paths moved from
+    auto/<name>/ to the run dir, and their best checkpoints copied there. Lightning keeps a callback's best score
+    only when its folder is unchanged; otherwise the continued run would choose its best epoch among the continued
+    epochs alone."""
     state = torch.load(race_checkpoint, map_location="cpu", weights_only=False)
-    old, new = os.path.realpath(Path(race_checkpoint).parent), os.path.realpath(run / "checkpoints")
+    old, new = os.path.realpath(run / FOLDER / name), os.path.realpath(run.path)
     for key, callback in state.get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and callback.get("dirpath") == old:
-            for best in {callback.get("best_model_path"), *callback.get("best_k_models", {})} - {None, ""}:
-                Path(new).mkdir(parents=True, exist_ok=True)
+        if not key.startswith("ModelCheckpoint"):
+            continue
+        if not _under(callback.get("dirpath"), old):
+            log.info("strategy=auto: %s saves outside %s; its best score starts afresh", key, old)
+            continue
+        for best in {callback.get("best_model_path"), *callback.get("best_k_models", {})}:
+            if _under(best, old) and Path(best).is_file():
+                Path(_rebased(best, old, new)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(best, _rebased(best, old, new))
-            _rebase(callback, old, new)
+        _rebase(callback, old, new)
     continued = Path(race_checkpoint).with_name("continue.ckpt")  # in auto/<name>/: tidy() removes it
     torch.save(state, continued)
     return str(continued)
 
 
-def _rebased(path: object, old: str, new: str) -> object:
-    return new + path[len(old) :] if isinstance(path, str) and path.startswith(old + os.sep) else path
+def _under(path: object, folder: str) -> bool:
+    return isinstance(path, str) and (path == folder or path.startswith(folder + os.sep))
+
+
+def _rebased(path: str, old: str, new: str) -> str:
+    return new + path[len(old) :] if _under(path, old) else path
 
 
 def _rebase(callback: dict, old: str, new: str) -> None:
-    """ModelCheckpoint's saved paths, from folder `old` to folder `new`."""
-    callback["dirpath"] = new
-    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+    """A ModelCheckpoint's saved paths, from folder `old` to folder `new`."""
+    for key in ("dirpath", "best_model_path", "kth_best_model_path", "last_model_path"):
         if key in callback:
             callback[key] = _rebased(callback[key], old, new)
     if "best_k_models" in callback:

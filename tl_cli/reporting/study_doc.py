@@ -177,7 +177,7 @@ class _StudyRow:
 
 
 # the first race's runs (settings of commit e0b8489), set aside when the race's settings changed; shown as "race v1"
-AUTO_V1 = "auto_race_v1.csv"
+AUTO_V1, RACE_V1 = "auto_race_v1.csv", "race v1"
 
 
 def auto_cells(folder: Path) -> list:
@@ -189,7 +189,7 @@ def auto_cells(folder: Path) -> list:
         key = (r["dataset"], r["backbone"], r["samples_per_class"])
         cell = cells.setdefault(key, Cell(*key[:2], r["weights"], r["samples_per_class"]))
         cell.choices[r["strategy"]] = Choice(r["strategy"], float(r["lr"]), _StudyRow(r), int(r["lrs_tried"]))
-    earlier = [dict(a, method=f"{a['method']} v1") for a in _rows(folder / AUTO_V1) if a["method"] == "race"]
+    earlier = [dict(a, method=RACE_V1) for a in _rows(folder / AUTO_V1) if a["method"] == "race"]
     for a in _rows(folder / "auto.csv") + earlier:
         cell = cells.get((a["dataset"], a["backbone"], a["samples_per_class"]))
         if cell is not None:
@@ -217,7 +217,7 @@ def auto_section(folders: list[Path]) -> list[str]:
         "e0b8489). Per seed: the pick (auto's own test acc).",
         "",
     ]
-    shown = [m for m in ("race", "race v1", "rule") if any(r.method == m for c in cells for r in c.auto_runs)]
+    shown = [m for m in ("race", RACE_V1, "rule") if any(r.method == m for c in cells for r in c.auto_runs)]
     lines += ["| cell | best or tied (test acc of the best) | " + " | ".join(f"auto {m}" for m in shown) + " |"]
     lines += ["|---|---|" + "---|" * len(shown)]
     for c in cells:
@@ -256,8 +256,9 @@ def _cell_key(row: dict[str, str]) -> tuple[str, str, str]:
 
 
 def imagenet_table(folders: list[Path]) -> list[str]:
-    """The ImageNet cells: each strategy's test acc (mean over seeds) at its val-chosen LR; bold best, ≈ tied."""
-    study = [r for f in folders if f.name.startswith(IMAGENET_PREFIX) for r in _rows(f / "study.csv")]
+    """The ImageNet sweeps' cells: each strategy's test acc (mean over seeds) at its val-chosen LR; bold best,
+    ≈ tied."""
+    study = [r for f in folders for r in _rows(f / "study.csv")]
     strategies = strategy_order({r["strategy"] for r in study})
     lines = ["| target | backbone | samples/class | " + " | ".join(f"`{s}`" for s in strategies) + " |"]
     lines.append("|---|---|---:|" + "---:|" * len(strategies))
@@ -275,20 +276,21 @@ def readme_blocks(docs: Path) -> dict[str, list[str]]:
 
     folders = _folders(docs)
     imagenet = [f for f in folders if f.name.startswith(IMAGENET_PREFIX)]
-    cells = [c for f in folders for c in auto_cells(f)]
+    cells_of = {f: auto_cells(f) for f in folders}  # each sweep's CSVs read once
+    cells = [c for f in folders for c in cells_of[f]]
     return {
         "imagenet_study": imagenet_table(imagenet),
         "auto_scorecard": scorecard_lines(scorecards(cells)),
-        "auto_scorecard_imagenet": scorecard_lines(scorecards([c for f in imagenet for c in auto_cells(f)])),
+        "auto_scorecard_imagenet": scorecard_lines(scorecards([c for f in imagenet for c in cells_of[f]])),
         "auto_scorecard_unseen": scorecard_lines(scorecards(unseen_cells(cells))),
     }
 
 
 def unseen_cells(cells: list[Cell]) -> list[Cell]:
     """The cells the race's settings were not chosen on. race_replay chose them on the cells race v1 had run on
-    (AUTO_V1's rows, method "race v1"), so these are the cells with a race run and no race v1 run."""
+    (AUTO_V1's rows, method RACE_V1), so these are the cells with a race run and no race v1 run."""
     methods = [{r.method for r in c.auto_runs} for c in cells]
-    return [c for c, m in zip(cells, methods, strict=True) if "race" in m and "race v1" not in m]
+    return [c for c, m in zip(cells, methods, strict=True) if "race" in m and RACE_V1 not in m]
 
 
 def _splice(text: str, begin: str, end: str, body: str, doc: Path) -> str:

@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint format smoke source-model fashion-mnist bench clean study study-sources study-smoke imagenet-source
+.PHONY: install train test lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
 
 install: $(VENV)/.installed
 
@@ -58,40 +58,61 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.profile_vs_timm
 	$(PY) -m benchmarks.bench_compile
 
-# Transfer study (docs/study.md), protocol v2: for each preset:backbone, stage 1 (every strategy x 5 LRs on seed 0),
-# the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on seed 0's val acc),
-# the report, the frozen heads' probe check, then the evidence is copied to docs/study/<sweep>/ and docs/study.md's tables are regenerated from it.
+# Transfer study (docs/study.md), protocol v2: for each preset:backbone[:samples per class], stage 1 (every strategy
+# x 5 LRs on seed 0), the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on
+# seed 0's val acc), strategy=auto, the report, the frozen heads' probe check; each sweep's evidence is copied to
+# $(STUDY_DOCS)/<sweep>/.
+#   make study        the budgeted study, both sources, < 90 min on 2 cores: STUDY_BUDGET_RUNS into
+#                     $(STUDY_BUDGET_OUT) (its own sources, outputs and evidence), then compared with docs/study/
+#   make study-full   every committed sweep (~6 h on 2 cores): rewrites docs/study/ and the tables generated from it
 OUT          ?= $${TLCLI_OUTPUT_DIR:-outputs}
 STUDY_RUNS   ?= in1k_fashion:efficientnet_lite0 in1k_digits:efficientnet_lite0 fashion5:test_resnet digits:test_resnet
+# What the budget keeps: the toy source on digits at 2, 10 and all images per class, the ImageNet source on digits
+# at 10 per class. Cut: the Fashion-MNIST sweeps, the other sizes (docs/study.md, "make study").
+STUDY_BUDGET_RUNS ?= digits:test_resnet:2,10,null in1k_digits:efficientnet_lite0:10
+STUDY_BUDGET_OUT  ?= outputs/study_budget
+STUDY_DOCS   ?= docs/study
 # strategy=auto runs at one head LR for all its candidates: 0.03, the LR the ImageNet cells chose on val for finetune
 AUTO_LR      ?= 0.03
 
 study-sources: install fashion-mnist
-	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; case $$t in in1k_*) continue;; esac; \
+	@for run in $(STUDY_RUNS); do t=$$(echo $$run | cut -d: -f1); b=$$(echo $$run | cut -d: -f2); \
+	  case $$t in in1k_*) continue;; esac; \
 	  s=$$([ $$t = digits ] && echo broad || echo narrow); \
 	  [ -f $(OUT)/study/sources/$${s}_$$b/model.safetensors ] && continue; \
 	  /usr/bin/time -f "study_source_$$s $$b: %e s" $(TLCLI) train experiment=study_source_$$s model.backbone=$$b \
 	    +trainer.enable_progress_bar=false callbacks.progress_bar=null || exit 1; \
 	done
-	@[ -f $(OUT)/sources/efficientnet_lite0_in1k.safetensors ] || $(MAKE) imagenet-source
+	@[ -f $(OUT)/sources/efficientnet_lite0_in1k.safetensors ] || $(MAKE) --no-print-directory imagenet-source
 
-study: study-sources
-	@for run in $(STUDY_RUNS); do t=$${run%%:*}; b=$${run##*:}; dir=$(OUT)/study/$${t}_$$b; \
-	  mkdir -p docs/study/$${t}_$$b; times=docs/study/$${t}_$$b/wall_times.txt; : > $$times; \
+study-runs: study-sources
+	@for run in $(STUDY_RUNS); do t=$$(echo $$run | cut -d: -f1); b=$$(echo $$run | cut -d: -f2); \
+	  sizes=$$(echo $$run | cut -s -d: -f3); sizes=$${sizes:+data.samples_per_class=$$sizes}; \
+	  dir=$(OUT)/study/$${t}_$$b; docs=$(STUDY_DOCS)/$${t}_$$b; \
+	  mkdir -p $$docs; times=$$docs/wall_times.txt; : > $$times; \
 	  /usr/bin/time -a -o $$times -f "stage 1 (5 LRs x seed 0): %e s" \
-	    $(TLCLI) train -m experiment=study_$$t model.backbone=$$b || exit 1; \
+	    $(TLCLI) train -m experiment=study_$$t model.backbone=$$b $$sizes || exit 1; \
 	  /usr/bin/time -a -o $$times -f "grid extended past the edge choices (seed 0): %e s" \
 	    $(PY) -m tl_cli.reporting.extend_grid $$dir || exit 1; \
 	  /usr/bin/time -a -o $$times -f "stage 2 (seeds 1, 2 at the chosen LRs): %e s" \
 	    $(PY) -m tl_cli.reporting.more_seeds $$dir 1,2 || exit 1; \
 	  /usr/bin/time -a -o $$times -f "strategy=auto, race and rule, seeds 0-2: %e s" $(TLCLI) train -m \
-	    experiment=study_$$t model.backbone=$$b strategy=auto strategy.auto.method=race,rule optim.lr=$(AUTO_LR) \
-	    seed=0,1,2 || exit 1; \
+	    experiment=study_$$t model.backbone=$$b $$sizes strategy=auto strategy.auto.method=race,rule \
+	    optim.lr=$(AUTO_LR) seed=0,1,2 || exit 1; \
 	  $(TLCLI) report $$dir || exit 1; \
 	  /usr/bin/time -a -o $$times -f "probe check: %e s" $(PY) -m tl_cli.reporting.probe_check $$dir || exit 1; \
-	  cp $$dir/study.csv $$dir/study.md $$dir/study.png $$dir/report.csv $$dir/probe_check.csv $$dir/auto.csv \
-	    docs/study/$${t}_$$b/; \
+	  cp $$dir/study.csv $$dir/study.md $$dir/study.png $$dir/report.csv $$dir/probe_check.csv $$dir/auto.csv $$docs/; \
 	done
+
+study: install fashion-mnist
+	@start=$$(date +%s); mkdir -p $(STUDY_BUDGET_OUT)/docs; \
+	TLCLI_OUTPUT_DIR=$(STUDY_BUDGET_OUT) $(MAKE) --no-print-directory study-runs \
+	  STUDY_RUNS="$(STUDY_BUDGET_RUNS)" STUDY_DOCS=$(STUDY_BUDGET_OUT)/docs || exit 1; \
+	echo "make study (sources included): $$(( $$(date +%s) - start )) s" | tee $(STUDY_BUDGET_OUT)/docs/wall_time.txt
+	$(PY) -m tl_cli.reporting.study_compare $(STUDY_BUDGET_OUT)/docs docs/study | tee $(STUDY_BUDGET_OUT)/docs/compare.md
+
+study-full: install fashion-mnist
+	$(MAKE) --no-print-directory study-runs STUDY_DOCS=docs/study
 	$(PY) -m tl_cli.reporting.study_doc docs/study.md README.md
 
 study-smoke: install

@@ -320,3 +320,31 @@ def test_unseen_cells_are_those_raced_only_after_the_settings_were_chosen() -> N
     new.auto_runs = [AutoRun("race", "finetune", 0.9), AutoRun("rule", "scratch", 0.5)]
     rule_only.auto_runs = [AutoRun("rule", "scratch", 0.5)]
     assert unseen_cells([tuned, new, rule_only]) == [new]
+
+
+def test_study_compare_flags_a_rerun_row_outside_the_seeds_noise(tmp_path: Path, capsys) -> None:
+    import csv
+
+    from tl_cli.reporting.study_compare import main as compare
+
+    committed = Path(__file__).parents[2] / "docs" / "study"
+    rows = list(csv.DictReader(open(committed / "digits_test_resnet" / "study.csv", newline="")))
+    rerun = [r for r in rows if r["samples_per_class"] in ("2", "all")]
+    moved = rerun[0]
+    moved["test_acc"] = str(float(moved["test_acc"]) - 0.2)  # 20 points: past any seed std in that file
+    (tmp_path / "digits_test_resnet").mkdir()
+    with open(tmp_path / "digits_test_resnet" / "study.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rerun)
+    (tmp_path / "not_committed").mkdir()
+    (tmp_path / "not_committed" / "study.csv").write_text("samples_per_class,strategy\n")
+
+    assert compare([str(tmp_path), str(committed)]) == 0
+    out = capsys.readouterr().out
+    n = len(rerun)
+    assert f"{n} (cell, strategy) rows in both; same val-chosen LR {n}/{n}" in out
+    assert f"within the seeds' noise {n - 1}/{n}; largest |Δ| 20.0 points" in out
+    assert out.count("**no**") == 1 and "not_committed: no committed study.csv" in out
+    with pytest.raises(TlcliError, match="no study folder"):
+        compare([str(tmp_path / "missing"), str(committed)])

@@ -1,6 +1,6 @@
-"""tlcli's ModelCheckpoint keeps the files Lightning's would write, but an epoch that saves the best checkpoint
-hard-links last.ckpt to it instead of writing the same state twice. Real Trainer, real files, Lightning's own
-ModelCheckpoint run beside it as the reference."""
+"""tlcli's ModelCheckpoint: best.ckpt exactly as Lightning's own; last.ckpt the final epoch's state, written every
+epoch as timm's train.py does, and hard-linked to best.ckpt (not written twice) when that epoch improved. Real
+Trainer, real files, Lightning's ModelCheckpoint run beside it as the reference."""
 
 from __future__ import annotations
 
@@ -59,43 +59,58 @@ def _saved(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
     return checkpoint["epoch"], checkpoint["state_dict"]
 
 
-def _assert_same_checkpoints(ours: Path, lightnings: Path) -> None:
-    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in lightnings.iterdir())
-    for name in sorted(p.name for p in ours.iterdir()):
-        (epoch, weights), (ref_epoch, ref_weights) = _saved(ours / name), _saved(lightnings / name)
-        assert epoch == ref_epoch, name
-        assert weights.keys() == ref_weights.keys() and all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _assert_last_is_the_final_epoch(trainer: L.Trainer, folder: Path, final_improved: bool) -> None:
+    epoch, weights = _saved(folder / "last.ckpt")
+    assert epoch == trainer.current_epoch - 1 and _equal(weights, trainer.lightning_module.state_dict())
+    assert os.path.samefile(folder / "best.ckpt", folder / "last.ckpt") == final_improved
 
 
 @pytest.mark.parametrize("on_train_epoch_end", [True, False])
-@pytest.mark.parametrize("schedule", [[0.5, 0.7, 0.6, 0.8, 0.3], [0.5, 0.7, 0.6, 0.8, 0.9]])
-def test_same_checkpoints_as_lightnings_with_last_linked_when_the_state_is_the_same(
+@pytest.mark.parametrize("schedule", [[0.5, 0.7, 0.6, 0.8, 0.3, 0.4], [0.5, 0.7, 0.6, 0.8, 0.9]])
+def test_best_as_lightnings_and_last_the_final_epoch_linked_when_it_improved(
     tmp_path: Path, schedule: list[float], on_train_epoch_end: bool
 ) -> None:
     ours, lightnings = tmp_path / "ours", tmp_path / "lightning"
-    _fit(ours, schedule, ModelCheckpoint, on_train_epoch_end)
+    trainer = _fit(ours, schedule, ModelCheckpoint, on_train_epoch_end)
     _fit(lightnings, schedule, pl_callbacks.ModelCheckpoint, on_train_epoch_end)
 
-    _assert_same_checkpoints(ours, lightnings)
-    # Lightning writes last.ckpt only when a top-k checkpoint was saved in the same step: the same state, linked
-    assert not os.path.samefile(lightnings / "best.ckpt", lightnings / "last.ckpt")
-    assert os.path.samefile(ours / "best.ckpt", ours / "last.ckpt")
+    assert sorted(p.name for p in ours.iterdir()) == ["best.ckpt", "last.ckpt"]
+    (epoch, weights), (ref_epoch, ref_weights) = _saved(ours / "best.ckpt"), _saved(lightnings / "best.ckpt")
+    assert epoch == ref_epoch == schedule.index(max(schedule)) and _equal(weights, ref_weights)
+    _assert_last_is_the_final_epoch(trainer, ours, final_improved=schedule[-1] == max(schedule))
 
 
-def test_resuming_from_a_linked_last_checkpoint_continues_as_lightnings(tmp_path: Path) -> None:
-    ours, lightnings = tmp_path / "ours", tmp_path / "lightning"
-    for folder, cls in ((ours, ModelCheckpoint), (lightnings, pl_callbacks.ModelCheckpoint)):
-        _fit(folder, [0.5, 0.7], cls, False)
-    assert os.path.samefile(ours / "best.ckpt", ours / "last.ckpt")
-    for folder, cls in ((ours, ModelCheckpoint), (lightnings, pl_callbacks.ModelCheckpoint)):
-        _fit(folder, [0.5, 0.7, 0.9, 0.4], cls, False, resume=folder / "last.ckpt")
+def test_resuming_continues_from_the_final_epoch_not_the_best(tmp_path: Path) -> None:
+    interrupted = _fit(tmp_path / "run", [0.5, 0.7, 0.6], ModelCheckpoint, True)
+    _assert_last_is_the_final_epoch(interrupted, tmp_path / "run", final_improved=False)
+    resumed = _fit(tmp_path / "run", [0.5, 0.7, 0.6, 0.9, 0.4], ModelCheckpoint, True, tmp_path / "run" / "last.ckpt")
+    uninterrupted = _fit(tmp_path / "ref", [0.5, 0.7, 0.6, 0.9, 0.4], ModelCheckpoint, True)
 
-    _assert_same_checkpoints(ours, lightnings)
-    assert _saved(ours / "best.ckpt")[0] == 2 and os.path.samefile(ours / "best.ckpt", ours / "last.ckpt")
+    assert resumed.global_step == uninterrupted.global_step
+    assert _equal(resumed.lightning_module.state_dict(), uninterrupted.lightning_module.state_dict())
+    assert _saved(tmp_path / "run" / "best.ckpt")[0] == 3
+    _assert_last_is_the_final_epoch(resumed, tmp_path / "run", final_improved=False)
+
+
+def test_writing_a_linked_last_checkpoint_leaves_best_unchanged(tmp_path: Path) -> None:
+    """Ctrl-C writes last.ckpt with trainer.save_checkpoint (GracefulInterrupt): best.ckpt must keep its epoch."""
+    trainer = _fit(tmp_path, [0.5, 0.7], ModelCheckpoint, True)
+    assert os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
+    with torch.no_grad():
+        next(trainer.lightning_module.parameters()).add_(1.0)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    (best_epoch, best), (_, last) = _saved(tmp_path / "best.ckpt"), _saved(tmp_path / "last.ckpt")
+    assert best_epoch == 1 and not os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
+    assert not _equal(best, last)
 
 
 def test_last_is_written_in_full_where_no_checkpoint_was_saved_in_the_step(tmp_path: Path) -> None:
-    """every_n_epochs=0 saves no top-k checkpoint: on_train_end writes last.ckpt alone, in full, as Lightning."""
+    """every_n_epochs=0 saves no top-k checkpoint: last.ckpt is the only file, in full."""
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=0, save_last=True, enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=2,
@@ -111,14 +126,12 @@ def test_last_is_written_in_full_where_no_checkpoint_was_saved_in_the_step(tmp_p
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"] and os.stat(tmp_path / "last.ckpt").st_nlink == 1
 
 
-def test_writing_a_linked_last_checkpoint_leaves_best_unchanged(tmp_path: Path) -> None:
-    """Ctrl-C writes last.ckpt with trainer.save_checkpoint (GracefulInterrupt): best.ckpt must keep its epoch."""
-    trainer = _fit(tmp_path, [0.5, 0.7, 0.6], ModelCheckpoint, True)
-    assert os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
-    with torch.no_grad():
-        next(trainer.lightning_module.parameters()).add_(1.0)
-    trainer.save_checkpoint(tmp_path / "last.ckpt")
+def test_a_checkpoint_is_named_relative_to_its_run_also_through_a_symlinked_output_dir(tmp_path: Path) -> None:
+    from tl_cli.run.rundir import BEST, RunDir
 
-    (best_epoch, best), (_, last) = _saved(tmp_path / "best.ckpt"), _saved(tmp_path / "last.ckpt")
-    assert best_epoch == 1 and not os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
-    assert any(not torch.equal(best[k], last[k]) for k in best)
+    (tmp_path / "real" / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "outputs").symlink_to(tmp_path / "real")
+    run = RunDir(tmp_path / "outputs" / "run")  # the run dir as Hydra names it: through the symlink
+    best = tmp_path / "real" / "run" / BEST  # as a callback may hold it: resolved
+    assert run.relative(best) == str(BEST) == run.relative(run / BEST)
+    assert run.relative(tmp_path / "elsewhere.ckpt") == str(tmp_path / "elsewhere.ckpt")

@@ -80,6 +80,12 @@ class RunDir:
     def config_file(self) -> Path:
         return self.path / CONFIG
 
+    def relative(self, file: str | Path) -> str:
+        """`file` relative to the run dir when it lies inside it (symlinks resolved, so a run reached through a
+        symlinked output dir still matches), else its absolute path."""
+        real, root = Path(file).resolve(), self.path.resolve()
+        return str(real.relative_to(root)) if real.is_relative_to(root) else str(real)
+
     def is_run(self) -> bool:
         """Whether the folder looks like a run (its Hydra config or its summary is there)."""
         return self.config_file.is_file() or self.summary_file.is_file()

@@ -340,7 +340,7 @@ def write_run(
         train_seconds=round(result.train_seconds, 3),
         seed=cfg.seed,
         data_config={k: list(v) if isinstance(v, tuple) else v for k, v in dm.data_config.items()},
-        best_checkpoint=str(Path(best).relative_to(run.path)) if best else None,
+        best_checkpoint=run.relative(best) if best else None,
         device=str(trainer.strategy.root_device),
         precision=str(trainer.precision),
         strategy_auto=job.auto,

@@ -31,17 +31,32 @@ log = logging.getLogger(__name__)
 
 
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that `last.ckpt` becomes a hard link to the checkpoint saved in the same
-    step instead of a second serialization of the same state (timm's train.py links its copies too).
+    """Lightning's ModelCheckpoint with `last.ckpt` as timm's train.py keeps its last checkpoint: written at the end
+    of every epoch, and a hard link to the best checkpoint when the epoch has just saved it, not a second copy.
 
-    Lightning 2.6 writes `last.ckpt` only in a step that has just saved a top-k checkpoint, so with `save_top_k=1`
-    every improving epoch wrote best.ckpt and last.ckpt in full (~135 MB each for resnet18, with optimizer state).
-    Where no checkpoint was saved in the step (`on_train_end` without any), it writes in full as Lightning does.
-    Lightning's own `save_last="link"` makes a relative symlink, which dangles once top-k deletes its target.
-    Checkpoints are written to a temporary file and renamed (Lightning's `_atomic_save`), so rewriting one of two
-    linked names never changes the other. The class keeps Lightning's name, so its state key in checkpoints (and
-    resuming from older runs) stays the same.
+    Lightning 2.6 writes `last.ckpt` only in a step that saved a top-k checkpoint, so after the last improving
+    epoch it went stale: a `kill -9` lost every epoch since, not just the current one (what resume promises), and
+    each improving epoch serialized the same state twice (~135 MB each for resnet18, with optimizer state).
+    Lightning's own `save_last="link"` makes a relative symlink to the last saved checkpoint: just as stale, and
+    dangling once top-k deletes its target. Checkpoints are written to a temporary file and renamed (Lightning's
+    `_atomic_save`), so rewriting one of two linked names never changes the other. The class keeps Lightning's
+    name, so its state key in checkpoints (and resuming older runs) stays the same.
     """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer: L.Trainer) -> None:
+        """last.ckpt for this step, where Lightning saved nothing in it (a non-improving epoch)."""
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         saved = self._last_checkpoint_saved

@@ -109,7 +109,8 @@ study: install fashion-mnist
 	TLCLI_OUTPUT_DIR=$(STUDY_BUDGET_OUT) $(MAKE) --no-print-directory study-runs \
 	  STUDY_RUNS="$(STUDY_BUDGET_RUNS)" STUDY_DOCS=$(STUDY_BUDGET_OUT)/docs || exit 1; \
 	echo "make study (sources included): $$(( $$(date +%s) - start )) s" | tee $(STUDY_BUDGET_OUT)/docs/wall_time.txt
-	$(PY) -m tl_cli.reporting.study_compare $(STUDY_BUDGET_OUT)/docs docs/study | tee $(STUDY_BUDGET_OUT)/docs/compare.md
+	$(PY) -m tl_cli.reporting.study_compare $(STUDY_BUDGET_OUT)/docs docs/study > $(STUDY_BUDGET_OUT)/docs/compare.md
+	@cat $(STUDY_BUDGET_OUT)/docs/compare.md
 
 study-full: install fashion-mnist
 	$(MAKE) --no-print-directory study-runs STUDY_DOCS=docs/study

@@ -4,6 +4,7 @@ Trainer, real files, Lightning's ModelCheckpoint run beside it as the reference.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from tl_cli.transfer.callbacks import ModelCheckpoint
+from tl_cli.transfer.callbacks import ModelCheckpoint, save_checkpoint_unshared
 
 
 class ScheduledVal(BoringModel):
@@ -27,8 +28,25 @@ class ScheduledVal(BoringModel):
         self.log("val/acc", self.schedule[self.current_epoch])
 
 
+@pytest.fixture
+def cross_filesystem(monkeypatch) -> None:
+    """fsspec writes a checkpoint to a temporary file in TMPDIR and moves it; where TMPDIR is another filesystem
+    than the outputs (a local /tmp, outputs on NFS) the rename fails with EXDEV and shutil.move copies into the
+    existing file instead, through any hard link it has. Make every rename fail that way."""
+
+    def rename(src, dst, *args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", src)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
 def _fit(
-    folder: Path, schedule: list[float], checkpoint_class: type, on_train_epoch_end: bool, resume=None
+    folder: Path,
+    schedule: list[float],
+    checkpoint_class: type,
+    on_train_epoch_end: bool | None,
+    resume: Path | None = None,
+    val_every: int = 1,
 ) -> L.Trainer:
     L.seed_everything(0)
     checkpoint = checkpoint_class(
@@ -49,6 +67,7 @@ def _fit(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        check_val_every_n_epoch=val_every,
     )
     trainer.fit(ScheduledVal(schedule), ckpt_path=resume)
     return trainer
@@ -72,7 +91,7 @@ def _assert_last_is_the_final_epoch(trainer: L.Trainer, folder: Path, final_impr
 @pytest.mark.parametrize("on_train_epoch_end", [True, False])
 @pytest.mark.parametrize("schedule", [[0.5, 0.7, 0.6, 0.8, 0.3, 0.4], [0.5, 0.7, 0.6, 0.8, 0.9]])
 def test_best_as_lightnings_and_last_the_final_epoch_linked_when_it_improved(
-    tmp_path: Path, schedule: list[float], on_train_epoch_end: bool
+    tmp_path: Path, schedule: list[float], on_train_epoch_end: bool, cross_filesystem
 ) -> None:
     ours, lightnings = tmp_path / "ours", tmp_path / "lightning"
     trainer = _fit(ours, schedule, ModelCheckpoint, on_train_epoch_end)
@@ -96,34 +115,24 @@ def test_resuming_continues_from_the_final_epoch_not_the_best(tmp_path: Path) ->
     _assert_last_is_the_final_epoch(resumed, tmp_path / "run", final_improved=False)
 
 
-def test_writing_a_linked_last_checkpoint_leaves_best_unchanged(tmp_path: Path) -> None:
-    """Ctrl-C writes last.ckpt with trainer.save_checkpoint (GracefulInterrupt): best.ckpt must keep its epoch."""
+def test_writing_a_linked_last_checkpoint_leaves_best_unchanged(tmp_path: Path, cross_filesystem) -> None:
+    """Ctrl-C writes last.ckpt with save_checkpoint_unshared (GracefulInterrupt): best.ckpt must keep its epoch."""
     trainer = _fit(tmp_path, [0.5, 0.7], ModelCheckpoint, True)
     assert os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
     with torch.no_grad():
         next(trainer.lightning_module.parameters()).add_(1.0)
-    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    save_checkpoint_unshared(trainer, tmp_path / "last.ckpt")
 
     (best_epoch, best), (_, last) = _saved(tmp_path / "best.ckpt"), _saved(tmp_path / "last.ckpt")
     assert best_epoch == 1 and not os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
     assert not _equal(best, last)
 
 
-def test_last_is_written_in_full_where_no_checkpoint_was_saved_in_the_step(tmp_path: Path) -> None:
-    """every_n_epochs=0 saves no top-k checkpoint: last.ckpt is the only file, in full."""
-    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_epochs=0, save_last=True, enable_version_counter=False)
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        callbacks=[checkpoint],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(ScheduledVal([0.5, 0.7]))
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"] and os.stat(tmp_path / "last.ckpt").st_nlink == 1
+def test_last_is_the_final_epoch_also_when_it_did_not_validate(tmp_path: Path) -> None:
+    """check_val_every_n_epoch=2: epoch 1 validates and is the best; epoch 2 does not validate, last.ckpt holds it."""
+    trainer = _fit(tmp_path, [0.5, 0.7, 0.9], ModelCheckpoint, None, val_every=2)
+    assert _saved(tmp_path / "best.ckpt")[0] == 1
+    _assert_last_is_the_final_epoch(trainer, tmp_path, final_improved=False)
 
 
 def test_a_checkpoint_is_named_relative_to_its_run_also_through_a_symlinked_output_dir(tmp_path: Path) -> None:

@@ -30,6 +30,24 @@ from tl_cli.run.rundir import LAST
 log = logging.getLogger(__name__)
 
 
+def save_checkpoint_unshared(trainer: L.Trainer, filepath: str | Path, weights_only: bool = False) -> None:
+    """`trainer.save_checkpoint`, except that a file which is a second name of another checkpoint (a hard link,
+    see ModelCheckpoint) is replaced by a new file written beside it and renamed over it. Writing to it directly
+    could change the other name too: fsspec writes to a temporary file in TMPDIR and moves it, and across
+    filesystems (a local /tmp, outputs on NFS) the move copies into the existing file."""
+    shared = trainer.strategy.broadcast(
+        trainer.is_global_zero and os.path.isfile(filepath) and os.stat(filepath).st_nlink > 1
+    )
+    if not shared:
+        trainer.save_checkpoint(filepath, weights_only)
+        return
+    tmp = f"{filepath}.tmp"
+    trainer.save_checkpoint(tmp, weights_only)
+    if trainer.is_global_zero:
+        os.replace(tmp, filepath)
+    trainer.strategy.barrier()
+
+
 class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
     """Lightning's ModelCheckpoint with `last.ckpt` as timm's train.py keeps its last checkpoint: written at the end
     of every epoch, and a hard link to the best checkpoint when the epoch has just saved it, not a second copy.
@@ -38,15 +56,15 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
     epoch it went stale: a `kill -9` lost every epoch since, not just the current one (what resume promises), and
     each improving epoch serialized the same state twice (~135 MB each for resnet18, with optimizer state).
     Lightning's own `save_last="link"` makes a relative symlink to the last saved checkpoint: just as stale, and
-    dangling once top-k deletes its target. Checkpoints are written to a temporary file and renamed (Lightning's
-    `_atomic_save`), so rewriting one of two linked names never changes the other. The class keeps Lightning's
-    name, so its state key in checkpoints (and resuming older runs) stays the same.
+    dangling once top-k deletes its target. A linked name is never written through (`save_checkpoint_unshared`).
+    The class keeps Lightning's name, so its state key in checkpoints (and resuming older runs) stays the same.
+    A linked last.ckpt holds best's callback state, whose `last_model_path` is the one before this save; that
+    matters only with `enable_version_counter=true` (tlcli's config sets it false).
     """
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_last_if_stale(trainer)
+        self._save_last_if_stale(trainer)  # also in epochs without validation (check_val_every_n_epoch > 1)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
@@ -61,12 +79,13 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         saved = self._last_checkpoint_saved
         same_step = saved is not None and self._last_global_step_saved == trainer.global_step
-        if same_step and filepath == self.last_model_path != saved and self._hard_link(trainer, saved, filepath):
-            self._last_checkpoint_saved = filepath
-            for logger in trainer.loggers if trainer.is_global_zero else []:
-                logger.after_save_checkpoint(weakref.proxy(self))
-            return
-        super()._save_checkpoint(trainer, filepath)
+        linked = same_step and filepath == self.last_model_path != saved and self._hard_link(trainer, saved, filepath)
+        if not linked:  # Lightning's _save_checkpoint, with the write that cannot go through a link
+            save_checkpoint_unshared(trainer, filepath, self.save_weights_only)
+            self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            logger.after_save_checkpoint(weakref.proxy(self))
 
     @staticmethod
     def _hard_link(trainer: L.Trainer, saved: str, filepath: str) -> bool:
@@ -75,10 +94,11 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
         if trainer.is_global_zero and os.path.isfile(saved):
             tmp = f"{filepath}.link-tmp"
             try:
-                if os.path.lexists(tmp):
-                    os.remove(tmp)
-                os.link(saved, tmp)
-                os.replace(tmp, filepath)
+                if not (os.path.isfile(filepath) and os.path.samefile(saved, filepath)):  # else linked already
+                    if os.path.lexists(tmp):
+                        os.remove(tmp)
+                    os.link(saved, tmp)
+                    os.replace(tmp, filepath)
                 linked = True
             except OSError:
                 linked = False
@@ -272,7 +292,7 @@ class GracefulInterrupt(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.requested:
-            trainer.save_checkpoint(self.run_dir / LAST)
+            save_checkpoint_unshared(trainer, self.run_dir / LAST)
             raise Interrupted(trainer.current_epoch, trainer.global_step, self.run_dir)
 
 

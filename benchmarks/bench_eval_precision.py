@@ -19,6 +19,7 @@ import timm
 import torch
 
 from benchmarks.common import machine, median, table
+from tl_cli.data.transforms import BatchNormalize
 from tl_cli.run.trained import Inference
 from tl_cli.transfer import speed
 from tl_cli.transfer.network import TransferNet
@@ -43,13 +44,13 @@ def main() -> None:
     num_images, batch = (64, 32) if args.quick else (128, 32)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    images = torch.randn(num_images, 3, args.img, args.img)
+    images = torch.randint(0, 256, (num_images, 3, args.img, args.img), dtype=torch.uint8)  # as the DataLoader's
     seconds: dict[tuple[str, bool], list[float]] = {s: [] for s in SETTINGS}
     probs: dict[tuple[str, bool], torch.Tensor] = {}
     nets = {}
     for precision, channels_last in SETTINGS:
         torch.manual_seed(0)  # the same random weights at every setting
-        inference = Inference(device, precision, channels_last, "benchmark")
+        inference = Inference(device, precision, channels_last, "benchmark", BatchNormalize((0.5,) * 3, (0.25,) * 3))
         net = inference.prepare(TransferNet(timm.create_model(args.backbone, num_classes=0), num_classes=10))
         one_pass(inference, net, images[:batch], batch)  # warm-up: kernel selection, allocator
         nets[(precision, channels_last)] = inference, net

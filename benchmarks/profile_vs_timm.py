@@ -29,7 +29,8 @@ RATE = 50  # samples per second
 PHASES = [
     ("idle helper thread", r"TMonitor\.run"),
     ("imports", r"_find_and_load"),
-    ("image decode + transforms", r"__getitem__"),
+    # per image in the DataLoader, then per batch: timm's PrefetchLoader, tlcli's on_after_batch_transfer
+    ("image decode + transforms", r"__getitem__|PrefetchLoader\.__iter__|on_after_batch_transfer"),
     ("checkpoint writes", r"save_checkpoint|_save_checkpoint"),
     ("val / test / sanity passes", r"_evaluation_loop|validation_step|test_step|_run_sanity_check|validate \("),
     ("optimizer update", r"_fused_adam|_single_tensor_adam|_multi_tensor_adam|zero_grad"),

@@ -36,7 +36,7 @@ def test_acc(job) -> float:
     correct = total = 0
     with torch.no_grad():
         for x, y in job.datamodule.eval_loader("test"):
-            correct += int((job.net(x).argmax(1) == y).sum())
+            correct += int((job.net(job.datamodule.normalize(x)).argmax(1) == y).sum())
             total += len(y)
     return correct / total
 
@@ -59,7 +59,7 @@ def recomputed_bn_acc(run: Path) -> float:
     job.net.train()
     with torch.no_grad():
         for x, _ in job.datamodule.eval_loader("train"):
-            job.net(x)
+            job.net(job.datamodule.normalize(x))
     return test_acc(job)
 
 

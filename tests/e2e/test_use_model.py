@@ -85,13 +85,13 @@ def last_line(result: subprocess.CompletedProcess, key: str) -> Path:
 
 
 def through_eval_transform(run: Path, paths: list[Path]) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The trained PyTorch network and these images through its own eval transform."""
+    """The trained PyTorch network and these images through its own eval transform (per image, then per batch)."""
     from tl_cli.run.trained import load_model
 
     model = load_model(str(run))
     transform = model.eval_transform()
     batch = torch.stack([transform(Image.open(p).convert(model.image_mode)) for p in paths])
-    return model.net, batch
+    return model.net, model.normalize()(batch)
 
 
 def test_eval_of_a_run_dir_reproduces_its_test_metrics(cli, trained: Path, work: Path) -> None:

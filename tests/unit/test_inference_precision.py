@@ -22,7 +22,8 @@ def trained(precision: str | None, channels_last: str = "auto", run_dir: Path | 
     config = None
     if precision is not None:
         config = OmegaConf.create({"trainer": {"precision": precision}, "model": {"channels_last": channels_last}})
-    return TrainedModel(torch.nn.Identity(), ["a"], {}, {}, config, run_dir, Path("model.safetensors"))
+    data_config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.25,) * 3}
+    return TrainedModel(torch.nn.Identity(), ["a"], data_config, {}, config, run_dir, Path("model.safetensors"))
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_bf16_logits_are_fp32_and_close_to_fp32() -> None:
         torch.nn.Flatten(),
         torch.nn.Linear(16, 5),
     )
-    images = torch.randn(8, 3, 16, 16)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)  # as eval's and predict's DataLoaders give
     fp32 = inference_for("32", trained("32-true"), CPU)
     bf16 = inference_for("bf16-mixed", trained("32-true"), CPU)
     with torch.inference_mode():

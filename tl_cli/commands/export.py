@@ -84,7 +84,7 @@ def check_inputs(model: TrainedModel, count: int) -> tuple[torch.Tensor, str]:
         try:
             dataset, _ = build_split(data, model, run_seed(model), "test")
             images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
-            return images, f"{data.name} test images"
+            return model.normalize()(images), f"{data.name} test images"
         except TlcliError as ex:
             log.warning("parity check on random inputs: the run's data is not available (%s)", ex)
     generator = torch.Generator().manual_seed(0)

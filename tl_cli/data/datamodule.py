@@ -1,8 +1,8 @@
-"""LightningDataModule: splits, class filters, few-shot subsets and timm transforms."""
+"""LightningDataModule: splits, class filters, few-shot subsets, and timm transforms in two steps (uint8 per
+image, normalized per batch on the device: tl_cli/data/transforms.py)."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any
 
@@ -27,6 +27,7 @@ from tl_cli.data.datasets import (
     build_dataset,
     report_unreadable,
 )
+from tl_cli.data.transforms import BatchNormalize, build_transforms
 from tl_cli.errors import TlcliError
 
 log = logging.getLogger(__name__)
@@ -59,22 +60,6 @@ def extraction_batch_size(batch_size: int, input_size: tuple[int, int, int]) -> 
     """`batch_size`, raised for small images up to EXTRACT_BATCH_BYTES of float32 input."""
     per_image = 4 * input_size[0] * input_size[1] * input_size[2]
     return max(batch_size, min(EXTRACT_MAX_BATCH, EXTRACT_BATCH_BYTES // per_image))
-
-
-def build_transforms(data_config: dict[str, Any], augment: bool, aug: dict[str, Any]):
-    """(train, eval) transforms from timm.data.create_transform."""
-    from timm.data import create_transform
-
-    eval_tf = create_transform(**data_config, is_training=False)
-    if not augment:
-        return eval_tf, eval_tf
-    valid = set(inspect.signature(create_transform).parameters) - {"input_size", "is_training"}
-    unknown = sorted(set(aug) - valid)
-    if unknown:
-        raise TlcliError(f"unknown data.aug key '{unknown[0]}'; valid: {', '.join(sorted(valid))}")
-    train_cfg = {k: v for k, v in data_config.items() if k != "crop_pct"}
-    train_tf = create_transform(**train_cfg, is_training=True, **dict(aug))
-    return train_tf, eval_tf
 
 
 def make_datamodule(cfg, data_config: dict[str, Any], seed: int, trainer_cfg=None) -> TransferDataModule:
@@ -163,6 +148,8 @@ class TransferDataModule(L.LightningDataModule):
         self.num_workers = resolve_workers(cfg.num_workers, accelerator, devices)
         self.mode = "L" if data_config["input_size"][0] == 1 else "RGB"
         self.train_transform, self.eval_transform = build_transforms(data_config, cfg.augment, cfg.aug)
+        # the per-batch half of both: images leave the DataLoader as uint8
+        self.normalize = BatchNormalize.for_data(data_config, cfg.augment, cfg.aug)
         self.classes: list[str] = []
         self.splits: dict[str, TransformedSubset] = {}
         self.features: dict[str, Dataset] = {}  # set by use_features(): cached backbone outputs per split
@@ -224,6 +211,13 @@ class TransferDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_splits()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 image batches normalized on the device (random erasing in training); cached features pass."""
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            images = self.normalize(images, train=self.trainer is not None and self.trainer.training)
+        return images, labels
 
     def unreadable_files(self) -> int:
         """Distinct image files that failed to decode so far (in this process or its DataLoader workers);

@@ -84,12 +84,13 @@ def cache_key(backbone: torch.nn.Module, transform: object, splits: dict[str, ob
 
 @torch.inference_mode()
 def extract(
-    net, loader: DataLoader, device: torch.device, forward_context, channels_last: bool = False
+    net, loader: DataLoader, normalize, device: torch.device, forward_context, channels_last: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass of the (eval-mode) backbone over a loader, in the training run's precision and memory format."""
+    """One pass of the (eval-mode) backbone over a loader of uint8 images, normalized per batch by `normalize`
+    (the datamodule's BatchNormalize), in the training run's precision and memory format."""
     feats, labels = [], []
     for images, y in loader:
-        images = images.to(device)
+        images = normalize(images.to(device))
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with forward_context():
@@ -115,7 +116,8 @@ def cached_feature_splits(
     as it would without the cache.
     """
     wanted = [s for s in datamodule.splits if splits is None or s in splits]
-    key = cache_key(net.backbone, datamodule.eval_transform, datamodule.splits, extra) if cache_dir else None
+    transform = (datamodule.eval_transform, datamodule.normalize)  # per image, then per batch
+    key = cache_key(net.backbone, transform, datamodule.splits, extra) if cache_dir else None
     folder = Path(cache_dir).expanduser() / key if key else None
     result: dict[str, Dataset] = {}
     if folder is not None:
@@ -129,7 +131,8 @@ def cached_feature_splits(
     net.backbone.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for split in missing:
-            x, y = extract(net, datamodule.eval_loader(split), device, forward_context, channels_last)
+            loader = datamodule.eval_loader(split)
+            x, y = extract(net, loader, datamodule.normalize, device, forward_context, channels_last)
             result[split] = TensorDataset(x, y)
     net.backbone.train(was_training)
     if folder is not None:

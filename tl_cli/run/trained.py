@@ -49,9 +49,16 @@ class TrainedModel:
         return "L" if int(self.data_config["input_size"][0]) == 1 else "RGB"
 
     def eval_transform(self):
-        from timm.data import create_transform
+        """timm's eval transform, per image up to uint8 (Inference.logits normalizes each batch)."""
+        from tl_cli.data.transforms import eval_transform
 
-        return create_transform(**self.data_config, is_training=False)
+        return eval_transform(self.data_config)
+
+    def normalize(self):
+        """The per-batch half of eval_transform: uint8 batches to the normalized float input the network takes."""
+        from tl_cli.data.transforms import BatchNormalize
+
+        return BatchNormalize.for_data(self.data_config)
 
 
 def load_model(ckpt: str) -> TrainedModel:
@@ -106,12 +113,14 @@ def device_of(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class Inference:
-    """How eval and predict run the network: on which device, at which precision, in which memory format."""
+    """How eval and predict run the network: on which device, at which precision, in which memory format, and
+    how uint8 image batches are normalized there."""
 
     device: torch.device
     precision: str  # 32-true, or a 16-bit one run under torch.autocast (bf16-mixed, 16-mixed)
     channels_last: bool
     reason: str
+    normalize: Any  # the model's BatchNormalize (tl_cli/data/transforms.py)
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
         """The network on the device, in eval mode and in the chosen memory format."""
@@ -119,8 +128,8 @@ class Inference:
         return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
     def logits(self, net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of one batch through a prepared network (call under torch.inference_mode)."""
-        images = images.to(self.device)
+        """fp32 logits of one batch of uint8 images through a prepared network (call under torch.inference_mode)."""
+        images = self.normalize(images.to(self.device))
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         dtype = speed.autocast_dtype(self.precision)
@@ -153,7 +162,7 @@ def inference_for(setting: object, model: TrainedModel, device: torch.device) ->
     if requested == "auto":
         why = f"{why}; {rule}"
     log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)
-    return Inference(device, precision, use_channels_last, why)
+    return Inference(device, precision, use_channels_last, why, model.normalize())
 
 
 def run_precision(model: TrainedModel) -> str | None:

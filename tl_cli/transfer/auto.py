@@ -236,7 +236,7 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
         feats = {}
         for split, subset in subsets.items():
             loader = torch.utils.data.DataLoader(subset, batch_size=PROBE_BATCH, shuffle=False)
-            feats[split], _ = extract(net, loader, device, forward_context, channels_last)
+            feats[split], _ = extract(net, loader, dm.normalize, device, forward_context, channels_last)
         accs[name] = probe_accuracy(feats["train"].numpy(), labels["train"], feats["val"].numpy(), labels["val"])
     val_counts = np.bincount(labels["val"], minlength=dm.num_classes)
     return Figures(

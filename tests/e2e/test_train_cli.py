@@ -63,6 +63,22 @@ def test_every_strategy_end_to_end(tlcli, strategy: str) -> None:
         assert summary["metrics"]["test/acc"] > 0.5
 
 
+def test_test_false_skips_the_test_pass_and_its_features(tlcli, tmp_path: Path) -> None:
+    """test=false (lightning-hydra-template's flag): no test pass, val metrics only; a frozen run's disk feature
+    cache never extracts the test split."""
+    cache = tmp_path / "cache"
+    result = tlcli(
+        "train", *SMOKE, "strategy=freeze", "data.augment=false", f"data.feature_cache_dir={cache}", "test=false"
+    )
+    run_dir = run_dir_of(result)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("val/acc: ") and lines[-2].endswith("(not tested: test=false)"), lines[-2:]
+    metrics = summary_of(run_dir)["metrics"]
+    assert "val/acc" in metrics and not any(k.startswith("test/") for k in metrics), metrics
+    assert (run_dir / "model.safetensors").is_file()
+    assert sorted(p.name for p in cache.glob("*/*.y.npy")) == ["train.y.npy", "val.y.npy"]
+
+
 @pytest.mark.parametrize(
     ("env", "overrides", "expected"),
     [

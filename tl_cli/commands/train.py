@@ -1,4 +1,5 @@
-"""`tlcli train`: build the job from the config, fit, test, write the run directory (steps: tl_cli/run/training.py)."""
+"""`tlcli train`: build the job from the config, fit, test (unless test=false), write the run directory
+(steps: tl_cli/run/training.py)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def train(cfg: DictConfig) -> float:
     else:
         fitted = fit_run(cfg, run, state.config_sha, state.checkpoint)
     trainer = fitted.trainer
-    result = score_on_test(trainer, fitted.job, fitted.result)
+    tested = cfg.get("test", True)  # .get: a resumed run's config may predate the key
+    result = score_on_test(trainer, fitted.job, fitted.result) if tested else fitted.result
     write_run(run, cfg, fitted.job, trainer, result, fitted.facts)
     if racing:
         race.tidy(run)
@@ -62,7 +64,10 @@ def _optimized(cfg: DictConfig, metrics: dict) -> float:
 
 
 def _print_result(metrics: dict, out: Path) -> None:
-    print(f"test/acc: {metrics.get('test/acc', float('nan')):.4f}", flush=True)
+    if "test/acc" in metrics:
+        print(f"test/acc: {metrics['test/acc']:.4f}", flush=True)
+    else:  # test=false
+        print(f"val/acc: {metrics.get('val/acc', float('nan')):.4f} (not tested: test=false)", flush=True)
     print(f"run_dir: {out}", flush=True)
 
 

@@ -132,6 +132,7 @@ class TrainConfig:
     seed: int = 42
     resume: str | None = None  # a run dir: continue it (set by `tlcli train resume=<run dir>`)
     optimized_metric: str = "val/acc"  # what `train` returns: the value sweepers (hparams_search=optuna) optimise
+    test: bool = True  # test the best-val checkpoint after fit; false skips it (summary.json: val metrics only)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -288,7 +288,8 @@ def fit_run(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str | No
     if channels_last:
         to_channels_last(job)
     compile_check = compile_network(cfg, job, trainer)
-    use_cache = attach_feature_cache(cfg, job, trainer, channels_last)
+    splits = None if cfg.get("test", True) else ("train", "val")  # test=false: never extract the test split
+    use_cache = attach_feature_cache(cfg, job, trainer, channels_last, splits)
     if resuming:
         log.info("resuming from %s", resume_from)
     mark_started(run, config_sha)

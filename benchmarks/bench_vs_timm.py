@@ -12,7 +12,8 @@ AdamW 5e-4); everything else stays.
 
 tlcli runs twice: as is (it then tests the best checkpoint, a pass timm's script does not make) and with
 `test=false` (the same work as timm's script). Prints each tool's wall time (process start to exit), train
-images/s in its own loop (timm: its last logged rate of each epoch, averaged; tlcli: summary.json), and val
+images/s in its own loop (timm: each epoch's mean rate from its last log line, averaged over epochs; tlcli:
+summary.json; both count data loading and exclude validation), and val
 accuracy, then the ratios. Exits 0 with a message when the peer script is absent.
 """
 
@@ -103,6 +104,9 @@ def timm_args(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -
     return args
 
 
+TIMM_EPOCH_RATE = r"Train: \d+ \[.*?\(100%\)\].*?/s\s+\([\d.]+s,\s*([\d.]+)/s\)"
+
+
 def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
     args = timm_args(recipe, data, source, out, bf16)
     start = time.perf_counter()
@@ -110,7 +114,9 @@ def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) ->
     wall = time.perf_counter() - start
     if result.returncode:
         raise SystemExit(f"timm train.py failed:\n{result.stderr[-2000:]}")
-    rates = [float(r) for r in re.findall(r"Train: \d+ \[.*?\(100%\)\].*?([\d.]+)/s", result.stdout + result.stderr)]
+    # the epoch's last log line: "Time: <last step>s, <rate>/s  (<mean step>s, <mean rate>/s)"; the mean rate is
+    # over every update of the epoch, data loading included, as tlcli's summary.json figure
+    rates = [float(r) for r in re.findall(TIMM_EPOCH_RATE, result.stdout + result.stderr)]
     rows = list(csv.DictReader(open(out / "run" / "summary.csv")))
     return {
         "wall": wall,

@@ -106,13 +106,15 @@ class ModelCheckpoint(pl_callbacks.ModelCheckpoint):
 
 
 class Throughput(L.Callback):
-    """Wall time of the training epochs (validation excluded) and images seen, for summary.json; the first
+    """Wall time of the training loop and images seen, for summary.json: each batch counts from the end of the one
+    before (or the epoch's start, or a validation's end) to its own end, data loading included, as timm's
+    train.py counts its rate; validation and what follows the epoch's last batch are left out. Also the first
     steps' times, for what the first step does once (torch.compile compiles then)."""
 
     FIRST_STEPS = 6  # steps timed one by one: the first and a median of the rest
 
     def __init__(self) -> None:
-        self.seconds, self.images, self._start = 0.0, 0, 0.0
+        self.seconds, self.images, self._mark = 0.0, 0, 0.0
         self.first_step_at: float | None = None  # seconds since process start
         self.step_seconds: list[float] = []  # the first FIRST_STEPS training steps, optimizer step included
         self._step_start = 0.0
@@ -123,12 +125,18 @@ class Throughput(L.Callback):
         self._step_start = time.perf_counter()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
+        self._mark = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._mark = time.perf_counter()  # a validation inside the epoch (val_check_interval < 1) is not training
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.seconds += now - self._mark
+        self._mark = now
         self.images += len(batch[1])
         if len(self.step_seconds) < self.FIRST_STEPS:
-            self.step_seconds.append(time.perf_counter() - self._step_start)
+            self.step_seconds.append(now - self._step_start)
 
     def first_step_extra(self) -> float:
         """The first step's time beyond the median of the next few (all of it when it was the only one)."""
@@ -136,9 +144,6 @@ class Throughput(L.Callback):
             return 0.0
         first, rest = self.step_seconds[0], self.step_seconds[1:]
         return max(0.0, first - float(np.median(rest))) if rest else first
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds += time.perf_counter() - self._start
 
 
 def _rng_state() -> dict:

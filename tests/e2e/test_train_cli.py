@@ -79,6 +79,19 @@ def test_test_false_skips_the_test_pass_and_its_features(tlcli, tmp_path: Path) 
     assert sorted(p.name for p in cache.glob("*/*.y.npy")) == ["train.y.npy", "val.y.npy"]
 
 
+def test_test_false_still_saves_the_best_epochs_weights(tlcli) -> None:
+    """model.safetensors holds the selected (best-val) epoch's weights whether or not it is tested. At this LR
+    the network falls to chance after its first epoch, so the best epoch is not the last (checked here)."""
+    overrides = ["strategy=finetune", "strategy.backbone_lr_mult=1.0", "optim.lr=1.0", "trainer.max_epochs=4"]
+    run_dir = run_dir_of(tlcli("train", *SMOKE, *overrides, "test=false"))
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    saved = load_file(run_dir / "model.safetensors")
+    assert all(torch.equal(tensor, best["state_dict"][f"net.{name}"]) for name, tensor in saved.items())
+    if best["epoch"] != last["epoch"]:  # else this run cannot tell best from last
+        assert not all(torch.equal(tensor, last["state_dict"][f"net.{name}"]) for name, tensor in saved.items())
+
+
 @pytest.mark.parametrize(
     ("env", "overrides", "expected"),
     [

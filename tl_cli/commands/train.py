@@ -14,7 +14,7 @@ from tl_cli.extras import require_targets
 from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.resume import resume_state
 from tl_cli.run.rundir import RunDir
-from tl_cli.run.training import fit_run, score_on_test, write_run
+from tl_cli.run.training import fit_run, load_best, score_on_test, write_run
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def train(cfg: DictConfig) -> float:
     else:
         fitted = fit_run(cfg, run, state.config_sha, state.checkpoint)
     trainer = fitted.trainer
+    load_best(fitted.job, fitted.result)  # tested (unless test=false) and saved as model.safetensors
     tested = cfg.get("test", True)  # .get: a resumed run's config may predate the key
     result = score_on_test(trainer, fitted.job, fitted.result) if tested else fitted.result
     write_run(run, cfg, fitted.job, trainer, result, fitted.facts)

@@ -305,11 +305,16 @@ def fit_run(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str | No
     return Fitted(job, trainer, result, facts)
 
 
-def score_on_test(trainer: L.Trainer, job: TransferJob, fitted: FitResult) -> FitResult:
-    """Reload the best-val weights of a fit and test them."""
-    if fitted.best_checkpoint:  # loaded here (not via ckpt_path) so ddp_spawn's child processes test them too
+def load_best(job: TransferJob, fitted: FitResult) -> None:
+    """The selected (best-val) epoch's weights into the module: what is tested and saved as model.safetensors.
+    Loaded here (not via trainer.test's ckpt_path) so ddp_spawn's child processes test them too."""
+    if fitted.best_checkpoint:
         state = torch.load(fitted.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         job.module.load_state_dict(state)
+
+
+def score_on_test(trainer: L.Trainer, job: TransferJob, fitted: FitResult) -> FitResult:
+    """Test the module's weights (load_best's) on the test split."""
     test_results = trainer.test(job.module, datamodule=job.datamodule, verbose=True)
     metrics = {**fitted.metrics, **{k: float(v) for k, v in test_results[0].items()}}
     return FitResult(metrics, fitted.best_checkpoint, fitted.train_seconds)

@@ -16,11 +16,13 @@ from hydra.utils import get_class
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from tests.conftest import TLCLI
+from tests.conftest import compose as compose_train
 from tl_cli.cli import register_help_resolver
 from tl_cli.config.checks import ALLOWED_TARGETS, check_config
 from tl_cli.config.commands import EvalConfig, ExportConfig, PredictConfig, register_command_schemas
 from tl_cli.config.paths import config_dir, register_resolvers
 from tl_cli.config.schema import TrainConfig, register_schemas
+from tl_cli.errors import TlcliError
 from tl_cli.transfer.strategies import STRATEGIES
 
 CONFIGS = config_dir()
@@ -153,3 +155,9 @@ def test_model_timm_brings_the_imagenet_head_lr_and_overrides_still_win() -> Non
     assert compose(["model=timm"]).optim.lr == 0.03
     assert compose(["model=timm", "optim.lr=0.001"]).optim.lr == 0.001
     assert compose(["model=timm", "model.backbone=resnet50"]).model.backbone == "resnet50"
+
+
+def test_a_test_metric_cannot_be_optimized_without_the_test_pass() -> None:
+    check_config(compose_train(["optimized_metric=test/acc"]))  # tested by default: allowed
+    with pytest.raises(TlcliError, match="optimized_metric=test/acc needs the test pass; set test=true"):
+        check_config(compose_train(["optimized_metric=test/acc", "test=false"]))

@@ -75,3 +75,15 @@ def test_normalization_is_part_of_the_feature_cache_key() -> None:
     a = BatchNormalize((0.5,), (0.25,))
     assert repr(a) == repr(BatchNormalize((0.5,), (0.25,)))
     assert repr(a) != repr(BatchNormalize((0.5,), (0.3,)))
+
+
+def test_true_precision_trainers_get_inputs_in_their_dtype() -> None:
+    """trainer.precision=bf16-true converts float batches before the transfer hooks; uint8 ones are converted
+    after normalizing, or a bf16 network would get float32 input."""
+    dm = rgb_datamodule(["data=digits", "data.augment=false"])
+    images = torch.stack([dm.splits["train"][i][0] for i in range(4)])
+    dm.trainer = L.Trainer(accelerator="cpu", precision="bf16-true", logger=False, enable_checkpointing=False)
+    dm.trainer.training = True
+    converted, _ = dm.on_after_batch_transfer((images, torch.arange(4)), 0)
+    assert converted.dtype == torch.bfloat16
+    torch.testing.assert_close(converted, dm.normalize(images).to(torch.bfloat16))

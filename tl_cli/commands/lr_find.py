@@ -58,7 +58,7 @@ def find_lr(cfg: DictConfig) -> tuple[Any, TransferJob]:
     trainer, channels_last = make_trainer(trainer_args, cfg.model.channels_last, callbacks=[], loggers=[])
     if channels_last:
         to_channels_last(job)
-    attach_feature_cache(cfg, job, trainer, channels_last)
+    attach_feature_cache(cfg, job, trainer, channels_last, splits=("train", "val"))  # the finder never tests
     s = cfg.lr_find
     finder = Tuner(trainer).lr_find(
         job.module, datamodule=job.datamodule, min_lr=s.min_lr, max_lr=s.max_lr, num_training=s.num_training

@@ -34,6 +34,9 @@ def check_config(cfg: DictConfig) -> None:
         raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
     if (cfg.optim.get("min_steps") or 0) < 0:
         raise TlcliError(f"optim.min_steps={cfg.optim.min_steps} must be >= 0 (0 = no minimum)")
+    metric = str(cfg.get("optimized_metric", "val/acc"))
+    if metric.startswith("test/") and not cfg.get("test", True):
+        raise TlcliError(f"optimized_metric={metric} needs the test pass; set test=true, or optimize a val/ metric")
     check_finetune_options(cfg)
     check_freeze_epochs(cfg)
     check_imbalance_options(cfg.data)

@@ -215,9 +215,13 @@ class TransferDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 image batches normalized on the device (random erasing in training); cached features pass."""
         images, labels = batch
-        if images.dtype == torch.uint8:
-            images = self.normalize(images, train=self.trainer is not None and self.trainer.training)
-        return images, labels
+        if images.dtype != torch.uint8:
+            return images, labels
+        if self.trainer is None:
+            return self.normalize(images), labels
+        images = self.normalize(images, train=self.trainer.training)
+        # trainer.precision=bf16-true/16-true/64-true convert float inputs before this hook, not uint8 ones
+        return self.trainer.precision_plugin.convert_input(images), labels
 
     def unreadable_files(self) -> int:
         """Distinct image files that failed to decode so far (in this process or its DataLoader workers);

@@ -35,7 +35,9 @@ def build_transforms(data_config: dict[str, Any], augment: bool, aug: dict[str, 
     eval_tf = eval_transform(data_config)
     if not augment:
         return eval_tf, eval_tf
-    valid = set(inspect.signature(create_transform).parameters) - {"input_size", "is_training", "use_prefetcher"}
+    # tf_preprocessing: timm's TensorFlow transform, which takes image bytes, not the PIL images tlcli serves
+    fixed = {"input_size", "is_training", "use_prefetcher", "tf_preprocessing"}
+    valid = set(inspect.signature(create_transform).parameters) - fixed
     unknown = sorted(set(aug) - valid)
     if unknown:
         raise TlcliError(f"unknown data.aug key '{unknown[0]}'; valid: {', '.join(sorted(valid))}")
@@ -62,7 +64,10 @@ class BatchNormalize:
         aug = dict(aug or {}) if augment else {}
         erasing = {name: aug[key] for key, name in ERASING_KEYS.items() if key in aug}
         use_erasing = float(erasing.get("probability", 0.0)) > 0
-        return cls(data_config["mean"], data_config["std"], erasing if use_erasing else None)
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        mean, std = data_config.get("mean", IMAGENET_DEFAULT_MEAN), data_config.get("std", IMAGENET_DEFAULT_STD)
+        return cls(mean, std, erasing if use_erasing else None)
 
     def __call__(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         if images.dtype != torch.uint8:

@@ -87,8 +87,10 @@ def check(sweep: Path) -> list[dict]:
         for strategy in FROZEN:
             choice = cell.choices.get(strategy)
             for job in choice.group.jobs if choice else []:
-                c, val, test = converged_probe(job_features(job))
                 mine = job.metric("test/acc")
+                if mine is None:  # a test=false run
+                    continue
+                c, val, test = converged_probe(job_features(job))
                 values = [cell.dataset, short(cell.samples_per_class), job.summary["seed"], strategy, choice.lr, mine]
                 values += [c, val, test, round(100 * (test - mine), 2)]
                 rows.append(dict(zip(COLUMNS, values, strict=True)))

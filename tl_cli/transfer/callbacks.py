@@ -118,17 +118,20 @@ class Throughput(L.Callback):
         self.first_step_at: float | None = None  # seconds since process start
         self.step_seconds: list[float] = []  # the first FIRST_STEPS training steps, optimizer step included
         self._step_start = 0.0
+        self._validated = False  # a validation ran since the last training batch
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.first_step_at is None:
             self.first_step_at = time.time() - STARTED_AT
         self._step_start = time.perf_counter()
+        if self._validated:  # after a mid-epoch validation and its checkpoint writes (callbacks run after ours)
+            self._mark, self._validated = self._step_start, False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._mark = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        self._mark = time.perf_counter()  # a validation inside the epoch (val_check_interval < 1) is not training
+        self._validated = True  # a validation inside the epoch (val_check_interval < 1) is not training
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()

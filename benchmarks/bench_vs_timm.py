@@ -13,8 +13,8 @@ AdamW 5e-4); everything else stays.
 tlcli runs twice: as is (it then tests the best checkpoint, a pass timm's script does not make) and with
 `test=false` (the same work as timm's script). Prints each tool's wall time (process start to exit), train
 images/s in its own loop (timm: each epoch's mean rate from its last log line, averaged over epochs; tlcli:
-summary.json; both count data loading and exclude validation), and val
-accuracy, then the ratios. Exits 0 with a message when the peer script is absent.
+summary.json; both count data loading and exclude validation), and val accuracy, then the ratios. Exits 0
+with a message when the peer script is absent.
 """
 
 from __future__ import annotations

@@ -217,8 +217,6 @@ class TransferDataModule(L.LightningDataModule):
         images, labels = batch
         if images.dtype != torch.uint8:
             return images, labels
-        if self.trainer is None:
-            return self.normalize(images), labels
         images = self.normalize(images, train=self.trainer.training)
         # trainer.precision=bf16-true/16-true/64-true convert float inputs before this hook, not uint8 ones
         return self.trainer.precision_plugin.convert_input(images), labels

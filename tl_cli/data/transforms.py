@@ -51,21 +51,18 @@ class BatchNormalize:
     (timm RandomErasing arguments), training batches also get timm's per-sample random erasing."""
 
     def __init__(self, mean, std, erasing: dict[str, Any] | None = None) -> None:
-        # as timm's PrefetchLoader: (x - 255 mean) / (255 std), one subtraction and one division per pixel
-        self.mean = torch.tensor([255 * float(m) for m in mean]).view(1, -1, 1, 1)
-        self.std = torch.tensor([255 * float(s) for s in std]).view(1, -1, 1, 1)
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.erasing = erasing
-        self._stats = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, Any]] = {}
 
     @classmethod
     def for_data(cls, data_config: dict[str, Any], augment: bool = False, aug: dict[str, Any] | None = None):
         """The batch step that completes `build_transforms(data_config, augment, aug)`'s per-image one."""
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
         aug = dict(aug or {}) if augment else {}
         erasing = {name: aug[key] for key, name in ERASING_KEYS.items() if key in aug}
         use_erasing = float(erasing.get("probability", 0.0)) > 0
-        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
         mean, std = data_config.get("mean", IMAGENET_DEFAULT_MEAN), data_config.get("std", IMAGENET_DEFAULT_STD)
         return cls(mean, std, erasing if use_erasing else None)
 
@@ -81,9 +78,12 @@ class BatchNormalize:
             from timm.data.random_erasing import RandomErasing
 
             erase = RandomErasing(**self.erasing, device=device) if self.erasing else None
-            self._on_device[device] = (self.mean.to(device), self.std.to(device), erase)
+            # as timm's PrefetchLoader: (x - 255 mean) / (255 std), one subtraction and one division per pixel
+            mean, std = ([255 * v for v in stats] for stats in (self.mean, self.std))
+            shape = (1, len(mean), 1, 1)
+            scaled = torch.tensor(mean, device=device).view(shape), torch.tensor(std, device=device).view(shape)
+            self._on_device[device] = (*scaled, erase)
         return self._on_device[device]
 
     def __repr__(self) -> str:  # part of the feature cache key: the per-batch half of the transform
-        mean, std = self._stats
-        return f"BatchNormalize(mean={mean}, std={std}, erasing={self.erasing})"
+        return f"BatchNormalize(mean={self.mean}, std={self.std}, erasing={self.erasing})"

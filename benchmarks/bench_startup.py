@@ -1,5 +1,6 @@
 """Startup: `tlcli --help`, `tlcli train --cfg job` (neither imports torch) and the embedded default's
-time to its first training step; `python -c pass` is the baseline.
+time to its first training step; `python -c pass` is the baseline. Also the other end: from a run's last line
+(`run_dir: ...`) to the process's exit, against a plain Python process that imported the same modules.
 
     python -m benchmarks.bench_startup
 """
@@ -28,6 +29,32 @@ def timed(cmd: list[str], env: dict | None = None, repeats: int = 5) -> float:
     return median(times)
 
 
+def seconds_from_last_line_to_exit(cmd: list[str], env: dict | None = None, repeats: int = 3) -> float:
+    """Median time from the process's last line on stdout to its exit: the interpreter's teardown."""
+    times = []
+    for _ in range(repeats):
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as proc:
+            last = time.perf_counter()
+            for _line in proc.stdout:
+                last = time.perf_counter()
+            proc.wait()
+        times.append(time.perf_counter() - last)
+    return median(times)
+
+
+def exit_rows() -> list[list[str]]:
+    """tlcli train's teardown, against `python -c "import <train's modules>"` (no gc.freeze) in the same run."""
+    plain = [sys.executable, "-c", "import tl_cli.commands.train; print('imported', flush=True)"]
+    base = seconds_from_last_line_to_exit(plain)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "TLCLI_OUTPUT_DIR": tmp}
+        mine = seconds_from_last_line_to_exit([TLCLI, "train", "trainer.max_epochs=1"], env)
+    return [
+        ["python importing tlcli train's modules, GC as is: last line -> exit (baseline)", f"{base:.2f}", "1.0"],
+        ["tlcli train (embedded default, 1 epoch): last line -> exit", f"{mine:.2f}", f"{mine / base:.2f}"],
+    ]
+
+
 def main() -> None:
     base = timed([sys.executable, "-c", "pass"])
     rows = [["python -c pass (baseline)", f"{base:.2f}", "1.0"]]
@@ -52,6 +79,8 @@ def main() -> None:
     )
     print(f"\nstartup: {machine()}")
     print(table(["command", "seconds (median of 5)", "x baseline"], rows))
+    print("\nexit: the interpreter's teardown")
+    print(table(["command", "seconds (median of 3)", "x baseline"], exit_rows()))
 
 
 if __name__ == "__main__":

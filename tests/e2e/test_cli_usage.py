@@ -51,6 +51,20 @@ def test_startup_does_not_import_torch() -> None:
     print(f"tlcli train --cfg job in-process: {time.perf_counter() - start:.2f}s")
 
 
+def test_command_import_freezes_what_it_imports() -> None:
+    """torch, timm and Lightning's objects leave Python's collections (shorter import and exit); the collector stays
+    on for everything the run creates, and a second job in the same process (a multirun) imports nothing again."""
+    code = (
+        "import gc; from tl_cli.cli import _import_command; "
+        "before = gc.get_freeze_count(); module = _import_command('train'); frozen = gc.get_freeze_count(); "
+        "again = _import_command('train'); "
+        "assert 'torch' in __import__('sys').modules and frozen - before > 100_000, (before, frozen); "
+        "assert gc.isenabled() and again is module and gc.get_freeze_count() == frozen"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [

@@ -163,9 +163,13 @@ def side_by_side(recipe: Recipe, tmp_path: Path, repeats: int, bf16: bool) -> No
         untested = tmp_path / f"u{recipe.model}{i}"
         results[TLCLI_UNTESTED].append(run_tlcli(recipe, data, source, untested, bf16, "test=false"))
     med = {tool: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tool, runs in results.items()}
-    rows = [[tool, f"{m['wall']:.1f} s", f"{m['images_s']:.0f}", f"{m['val_acc']:.3f}"] for tool, m in med.items()]
+    rows = [
+        [tool, f"{m['wall']:.1f} s", " / ".join(f"{r['wall']:.1f}" for r in results[tool])]
+        + [f"{m['images_s']:.0f}", f"{m['val_acc']:.3f}"]
+        for tool, m in med.items()
+    ]
     print(f"\n{recipe.model}, lr {recipe.lr:g}, {dict(recipe.model_kwargs) or ''}")
-    print(table(["tool", "wall, end to end", "train images/s (own loop)", "val acc"], rows))
+    print(table(["tool", "wall, end to end", "wall per run, s", "train images/s (own loop)", "val acc"], rows))
     timm_m = med["timm train.py"]
     for tool in (TLCLI_DEFAULT, TLCLI_UNTESTED):
         mine = med[tool]

@@ -1,5 +1,6 @@
 """Startup: `tlcli --help`, `tlcli train --cfg job` (neither imports torch) and the embedded default's
-time to its first training step; `python -c pass` is the baseline. Also the other end: from a run's last line
+time to its first training step; `python -c pass` is the baseline. Then tlcli's import of a command's modules
+(Python's collector paused, then frozen) against a plain import, and the other end: from a run's last line
 (`run_dir: ...`) to the process's exit, against a plain Python process that imported the same modules.
 
     python -m benchmarks.bench_startup
@@ -37,7 +38,8 @@ def seconds_from_last_line_to_exit(cmd: list[str], env: dict | None = None, repe
             last = time.perf_counter()
             for _line in proc.stdout:
                 last = time.perf_counter()
-            proc.wait()
+            if proc.wait():
+                raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
         times.append(time.perf_counter() - last)
     return median(times)
 
@@ -52,6 +54,28 @@ def exit_rows() -> list[list[str]]:
     return [
         ["python importing tlcli train's modules, GC as is: last line -> exit (baseline)", f"{base:.2f}", "1.0"],
         ["tlcli train (embedded default, 1 epoch): last line -> exit", f"{mine:.2f}", f"{mine / base:.2f}"],
+    ]
+
+
+def import_seconds(code: str, repeats: int = 5) -> float:
+    """Median time of `code` (an import) timed inside a fresh process, interpreter start and exit left out."""
+    timer = f"import time; t = time.perf_counter(); {code}; print(time.perf_counter() - t, flush=True)"
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", timer + "; import os; os._exit(0)"], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"{code} failed: {out.stderr[-500:]}")
+        times.append(float(out.stdout))
+    return median(times)
+
+
+def import_rows() -> list[list[str]]:
+    """tlcli's command import (collector paused, then frozen) against a plain import of the same module."""
+    base = import_seconds("import tl_cli.commands.train")
+    mine = import_seconds("from tl_cli.cli import _import_command; _import_command('train')")
+    return [
+        ["import tl_cli.commands.train, collector on (baseline)", f"{base:.2f}", "1.0"],
+        ["tlcli's _import_command('train'): collector paused, then gc.freeze", f"{mine:.2f}", f"{mine / base:.2f}"],
     ]
 
 
@@ -79,6 +103,8 @@ def main() -> None:
     )
     print(f"\nstartup: {machine()}")
     print(table(["command", "seconds (median of 5)", "x baseline"], rows))
+    print("\nimport: torch, timm and Lightning, timed in the process")
+    print(table(["import", "seconds (median of 5)", "x baseline"], import_rows()))
     print("\nexit: the interpreter's teardown")
     print(table(["command", "seconds (median of 3)", "x baseline"], exit_rows()))
 

@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 from tl_cli import __version__
 from tl_cli.errors import TlcliError, choose_from, describe, report
@@ -61,24 +62,28 @@ _sweep_dir: str | None = None
 # The process that runs the Hydra app. In the jobs of out-of-process launchers (joblib workers, submitit/SLURM
 # jobs) it is None or, where the task was pickled by value, another process's id.
 _launching_pid: int | None = None
+# Whether this process has frozen its first command import out of the garbage collector (_import_command).
+_imports_frozen = False
 
 
-def _import_command(command: str):
-    """The command's module; the first import in a process pauses Python's garbage collector, then freezes it.
+def _import_command(command: str) -> ModuleType:
+    """The command's module. The first command import in a process pauses Python's garbage collector, then
+    freezes what it imported; later ones (the next jobs of a multirun) import as usual.
 
     Importing torch, timm and Lightning creates ~550k objects that live as long as the process. While they are
     created, each full collection walks all of them (~0.9 s of the import), and at exit the interpreter's final
-    collection walks them again (~1.8 s from the last line to exit; docs/performance.md). `gc.freeze` moves them
-    out of every later collection. Import-time garbage (~13k objects) is frozen with them rather than paying
-    0.65 s for a collection.
+    collection walks them again (~1.5 s more from the last line to exit; docs/performance.md). `gc.freeze` moves
+    them out of every later collection. Import-time garbage (~13k objects) is frozen with them rather than paying
+    0.65 s for a collection. Only once: a later freeze would also take a finished job's uncollected cycles.
     """
-    name = _MODULES[command]
-    if name in sys.modules:
-        return sys.modules[name]
+    global _imports_frozen
+    if _imports_frozen:
+        return importlib.import_module(_MODULES[command])
+    _imports_frozen = True
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return importlib.import_module(name)
+        return importlib.import_module(_MODULES[command])
     finally:
         gc.freeze()
         if was_enabled:

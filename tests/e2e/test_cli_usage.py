@@ -52,15 +52,23 @@ def test_startup_does_not_import_torch() -> None:
 
 
 def test_command_import_freezes_what_it_imports() -> None:
-    """torch, timm and Lightning's objects leave Python's collections (shorter import and exit); the collector stays
-    on for everything the run creates, and a second job in the same process (a multirun) imports nothing again."""
-    code = (
-        "import gc; from tl_cli.cli import _import_command; "
-        "before = gc.get_freeze_count(); module = _import_command('train'); frozen = gc.get_freeze_count(); "
-        "again = _import_command('train'); "
-        "assert 'torch' in __import__('sys').modules and frozen - before > 100_000, (before, frozen); "
-        "assert gc.isenabled() and again is module and gc.get_freeze_count() == frozen"
-    )
+    """torch, timm and Lightning are imported with no collection running and then frozen out of all later ones
+    (shorter import and exit); the collector is on again for what the run creates, and a later command in the same
+    process freezes nothing more (it would take a finished job's uncollected objects)."""
+    code = """
+import gc, sys
+from tl_cli.cli import _import_command
+collections = []
+gc.callbacks.append(lambda phase, info: collections.append(phase))
+before = gc.get_freeze_count()
+module = _import_command("train")
+frozen = gc.get_freeze_count()
+assert "torch" in sys.modules and frozen - before > 100_000, (before, frozen)
+assert collections == [], f"{len(collections) // 2} collections ran during the import"
+assert gc.isenabled()
+assert _import_command("eval").__name__ == "tl_cli.commands.evaluate" and gc.get_freeze_count() == frozen
+assert _import_command("train") is module
+"""
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
 

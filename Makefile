@@ -54,6 +54,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_memory
 	$(PY) -m benchmarks.bench_folder_startup
 	$(PY) -m benchmarks.bench_optimizer
+	$(PY) -m benchmarks.bench_checkpoint_io
 	$(PY) -m benchmarks.bench_data_path
 	$(PY) -m benchmarks.bench_vs_timm
 	$(PY) -m benchmarks.profile_vs_timm

@@ -13,7 +13,10 @@ import pytest
 import torch
 from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from tl_cli.run.checkpoint_io import DirectCheckpointIO
+from tl_cli.run.training import make_trainer
 from tl_cli.transfer.callbacks import ModelCheckpoint, save_checkpoint_unshared
 
 
@@ -144,3 +147,60 @@ def test_a_checkpoint_is_named_relative_to_its_run_also_through_a_symlinked_outp
     best = tmp_path / "real" / "run" / BEST  # as a callback may hold it: resolved
     assert run.relative(best) == str(BEST) == run.relative(run / BEST)
     assert run.relative(tmp_path / "elsewhere.ckpt") == str(tmp_path / "elsewhere.ckpt")
+
+
+def _one_epoch_checkpoint(folder: Path) -> tuple[L.Trainer, dict]:
+    """A real Trainer after one epoch, made by tlcli's make_trainer, and the checkpoint dict it would save."""
+    args = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "enable_progress_bar": False}
+    args |= {"enable_checkpointing": False, "enable_model_summary": False, "default_root_dir": str(folder)}
+    trainer, _ = make_trainer(args, "false", callbacks=[], loggers=[])
+    trainer.fit(BoringModel())
+    return trainer, trainer._checkpoint_connector.dump_checkpoint()
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_a_run_saves_through_direct_checkpoint_io_the_same_checkpoint_as_lightnings(tmp_path: Path) -> None:
+    trainer, checkpoint = _one_epoch_checkpoint(tmp_path / "fit")
+    assert isinstance(trainer.strategy.checkpoint_io, DirectCheckpointIO)
+    trainer.save_checkpoint(tmp_path / "ours.ckpt")
+    TorchCheckpointIO().save_checkpoint(checkpoint, tmp_path / "lightning.ckpt")
+
+    ours, lightnings = (torch.load(tmp_path / f"{n}.ckpt", weights_only=False) for n in ("ours", "lightning"))
+    assert ours["optimizer_states"] and _same(ours, lightnings)
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt*")) == ["lightning.ckpt", "ours.ckpt"]
+
+
+def test_a_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    _, checkpoint = _one_epoch_checkpoint(tmp_path / "fit")
+    path = tmp_path / "last.ckpt"
+    DirectCheckpointIO().save_checkpoint(checkpoint, path)
+    with pytest.raises(Exception, match="pickle"):
+        DirectCheckpointIO().save_checkpoint({**checkpoint, "epoch": lambda: 0}, path)
+    assert _same(torch.load(path, weights_only=False), checkpoint)
+    assert [p.name for p in tmp_path.glob("*.ckpt*")] == ["last.ckpt"]
+
+
+def test_saving_to_a_hard_linked_name_leaves_the_other_name_unchanged(tmp_path: Path) -> None:
+    _, checkpoint = _one_epoch_checkpoint(tmp_path / "fit")
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    DirectCheckpointIO().save_checkpoint(checkpoint, best)
+    os.link(best, last)
+    DirectCheckpointIO().save_checkpoint({**checkpoint, "epoch": checkpoint["epoch"] + 1}, last)
+
+    assert not os.path.samefile(best, last)
+    assert _saved(best)[0] == checkpoint["epoch"] and _saved(last)[0] == checkpoint["epoch"] + 1
+
+
+def test_make_trainer_keeps_a_checkpoint_io_the_user_passed() -> None:
+    own = TorchCheckpointIO()
+    trainer, _ = make_trainer({"plugins": [own]}, "false", callbacks=[], loggers=[])
+    assert trainer.strategy.checkpoint_io is own

@@ -18,6 +18,7 @@ from tl_cli.config.checks import check_config, instantiate_group
 from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
 from tl_cli.data.features import cache_decision, cached_feature_splits
 from tl_cli.errors import TlcliError
+from tl_cli.run.checkpoint_io import DirectCheckpointIO
 from tl_cli.run.resume import mark_started
 from tl_cli.run.rundir import MODEL, RunDir, Summary
 from tl_cli.transfer import speed
@@ -182,8 +183,17 @@ def make_trainer(
         args["strategy"] = _launch_strategy(str(args["strategy"]))
     if resuming:
         args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
+    args["plugins"] = _with_checkpoint_io(args.get("plugins"))
     log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)
     return L.Trainer(**args, callbacks=callbacks, logger=loggers or False), use_channels_last
+
+
+def _with_checkpoint_io(plugins: Any) -> list[Any]:
+    """+trainer.plugins as a list, with tlcli's DirectCheckpointIO unless it already holds a CheckpointIO."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, DirectCheckpointIO()]
 
 
 def _launch_strategy(strategy: str) -> str:

@@ -11,10 +11,12 @@ AdamW 5e-4); everything else stays.
     python -m benchmarks.bench_vs_timm [--repeats 2] [--recipes resnet18,vit_tiny]
 
 tlcli runs twice: as is (it then tests the best checkpoint, a pass timm's script does not make) and with
-`test=false` (the same work as timm's script). Prints each tool's wall time (process start to exit), train
-images/s in its own loop (timm: each epoch's mean rate from its last log line, averaged over epochs; tlcli:
-summary.json; both count data loading and exclude validation), and val accuracy, then the ratios. Exits 0
-with a message when the peer script is absent.
+`test=false` (the same work as timm's script). Each round runs all three, in an order rotated every round.
+Prints each tool's wall time (process start to exit), CPU time (user + system), train images/s in its own loop
+(timm: each epoch's mean rate from its last log line, averaged over epochs; tlcli: summary.json; both count data
+loading and exclude validation), and val accuracy, then the ratios of the medians and of each round's pair
+(timm's wall over tlcli's in the same round: slow drift in the machine's load cancels in a pair). Exits 0 with a
+message when the peer script is absent.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import csv
 import gzip
 import json
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -107,19 +110,27 @@ def timm_args(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -
 TIMM_EPOCH_RATE = r"Train: \d+ \[.*?\(100%\)\].*?/s\s+\([\d.]+s,\s*([\d.]+)/s\)"
 
 
-def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
-    args = timm_args(recipe, data, source, out, bf16)
+def timed_run(args: list[str], what: str) -> tuple[subprocess.CompletedProcess, dict[str, float]]:
+    """Run one tool to its exit: its output, wall time and CPU time (user + system, the process and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(args, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode:
-        raise SystemExit(f"timm train.py failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"{what} failed:\n{result.stderr[-2000:]}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return result, {"wall": wall, "cpu": cpu}
+
+
+def run_timm(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) -> dict[str, float]:
+    result, times = timed_run(timm_args(recipe, data, source, out, bf16), "timm train.py")
     # the epoch's last log line: "Time: <last step>s, <rate>/s  (<mean step>s, <mean rate>/s)"; the mean rate is
     # over every update of the epoch, data loading included, as tlcli's summary.json figure
     rates = [float(r) for r in re.findall(TIMM_EPOCH_RATE, result.stdout + result.stderr)]
     rows = list(csv.DictReader(open(out / "run" / "summary.csv")))
     return {
-        "wall": wall,
+        **times,
         "images_s": statistics.fmean(rates) if rates else float("nan"),
         "val_acc": float(rows[-1]["eval_top1"]) / 100,
     }
@@ -141,40 +152,42 @@ def tlcli_args(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool) 
 
 
 def run_tlcli(recipe: Recipe, data: Path, source: Path, out: Path, bf16: bool, *extra: str) -> dict[str, float]:
-    args = tlcli_args(recipe, data, source, out, bf16) + list(extra)
-    start = time.perf_counter()
-    result = subprocess.run(args, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode:
-        raise SystemExit(f"tlcli train failed:\n{result.stderr[-2000:]}")
+    _, times = timed_run(tlcli_args(recipe, data, source, out, bf16) + list(extra), "tlcli train")
     summary = json.loads((out / "summary.json").read_text())
-    return {"wall": wall, "images_s": summary["train_images_per_second"], "val_acc": summary["metrics"]["val/acc"]}
+    return {**times, "images_s": summary["train_images_per_second"], "val_acc": summary["metrics"]["val/acc"]}
 
 
 def side_by_side(recipe: Recipe, tmp_path: Path, repeats: int, bf16: bool) -> None:
-    """Both tools on one recipe, alternating `repeats` times; the medians and the ratios."""
+    """Both tools on one recipe, in `repeats` rounds; the medians, and the ratios of each round's pair."""
     source = tmp_path / f"{recipe.model}.safetensors"
     write_source(source, recipe)
-    results: dict[str, list[dict[str, float]]] = {"timm train.py": [], TLCLI_DEFAULT: [], TLCLI_UNTESTED: []}
     data = tmp_path / "data"
-    for i in range(repeats):  # alternate, so drift in machine load hits all three
-        results["timm train.py"].append(run_timm(recipe, data, source, tmp_path / f"t{recipe.model}{i}", bf16))
-        results[TLCLI_DEFAULT].append(run_tlcli(recipe, data, source, tmp_path / f"l{recipe.model}{i}", bf16))
-        untested = tmp_path / f"u{recipe.model}{i}"
-        results[TLCLI_UNTESTED].append(run_tlcli(recipe, data, source, untested, bf16, "test=false"))
-    med = {tool: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for tool, runs in results.items()}
+    runs = {
+        "timm train.py": lambda i: run_timm(recipe, data, source, tmp_path / f"t{recipe.model}{i}", bf16),
+        TLCLI_DEFAULT: lambda i: run_tlcli(recipe, data, source, tmp_path / f"l{recipe.model}{i}", bf16),
+        TLCLI_UNTESTED: lambda i: run_tlcli(recipe, data, source, tmp_path / f"u{recipe.model}{i}", bf16, "test=false"),
+    }
+    results: dict[str, list[dict[str, float]]] = {tool: [] for tool in runs}
+    for i in range(repeats):  # each round all three, the order rotated, so drift in machine load hits each
+        for tool in list(runs)[i % 3 :] + list(runs)[: i % 3]:
+            results[tool].append(runs[tool](i))
+    med = {tool: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for tool, rs in results.items()}
     rows = [
-        [tool, f"{m['wall']:.1f} s", " / ".join(f"{r['wall']:.1f}" for r in results[tool])]
+        [tool, f"{m['wall']:.1f} s", " / ".join(f"{r['wall']:.1f}" for r in results[tool]), f"{m['cpu']:.1f} s"]
         + [f"{m['images_s']:.0f}", f"{m['val_acc']:.3f}"]
         for tool, m in med.items()
     ]
     print(f"\n{recipe.model}, lr {recipe.lr:g}, {dict(recipe.model_kwargs) or ''}")
-    print(table(["tool", "wall, end to end", "wall per run, s", "train images/s (own loop)", "val acc"], rows))
-    timm_m = med["timm train.py"]
+    headers = ["tool", "wall, end to end", "wall per run, s", "CPU time", "train images/s (own loop)", "val acc"]
+    print(table(headers, rows))
+    timm_runs, timm_m = results["timm train.py"], med["timm train.py"]
     for tool in (TLCLI_DEFAULT, TLCLI_UNTESTED):
         mine = med[tool]
+        paired = [t["wall"] / r["wall"] for t, r in zip(timm_runs, results[tool], strict=True)]
         speed = (
-            f"end to end {timm_m['wall'] / mine['wall']:.2f}x, in the loop {mine['images_s'] / timm_m['images_s']:.2f}x"
+            f"end to end {timm_m['wall'] / mine['wall']:.2f}x (each round's pair: "
+            f"{' / '.join(f'{x:.2f}' for x in paired)}, median {statistics.median(paired):.2f}x), "
+            f"CPU time {timm_m['cpu'] / mine['cpu']:.2f}x, in the loop {mine['images_s'] / timm_m['images_s']:.2f}x"
         )
         print(f"{tool} / timm: {speed} (> 1: tlcli faster); val acc {mine['val_acc'] - timm_m['val_acc']:+.3f}")
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from lightning.fabric.plugins.io import torch_io
 from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -151,7 +153,8 @@ def test_a_checkpoint_is_named_relative_to_its_run_also_through_a_symlinked_outp
 
 def _one_epoch_checkpoint(folder: Path) -> tuple[L.Trainer, dict]:
     """A real Trainer after one epoch, made by tlcli's make_trainer, and the checkpoint dict it would save."""
-    args = {"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1, "enable_progress_bar": False}
+    args = {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1}
+    args |= {"enable_progress_bar": False}
     args |= {"enable_checkpointing": False, "enable_model_summary": False, "default_root_dir": str(folder)}
     trainer, _ = make_trainer(args, "false", callbacks=[], loggers=[])
     trainer.fit(BoringModel())
@@ -183,13 +186,14 @@ def test_a_failed_save_keeps_the_old_checkpoint_and_leaves_no_temporary_file(tmp
     _, checkpoint = _one_epoch_checkpoint(tmp_path / "fit")
     path = tmp_path / "last.ckpt"
     DirectCheckpointIO().save_checkpoint(checkpoint, path)
-    with pytest.raises(Exception, match="pickle"):
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):  # a lambda cannot be pickled
         DirectCheckpointIO().save_checkpoint({**checkpoint, "epoch": lambda: 0}, path)
     assert _same(torch.load(path, weights_only=False), checkpoint)
     assert [p.name for p in tmp_path.glob("*.ckpt*")] == ["last.ckpt"]
 
 
-def test_saving_to_a_hard_linked_name_leaves_the_other_name_unchanged(tmp_path: Path) -> None:
+def test_saving_to_a_hard_linked_name_leaves_the_other_name_unchanged(tmp_path: Path, cross_filesystem) -> None:
+    """Also where fsspec's move would copy into the existing file (Lightning's own IO then writes through)."""
     _, checkpoint = _one_epoch_checkpoint(tmp_path / "fit")
     best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
     DirectCheckpointIO().save_checkpoint(checkpoint, best)
@@ -200,7 +204,21 @@ def test_saving_to_a_hard_linked_name_leaves_the_other_name_unchanged(tmp_path: 
     assert _saved(best)[0] == checkpoint["epoch"] and _saved(last)[0] == checkpoint["epoch"] + 1
 
 
+def test_a_local_save_does_not_serialize_into_memory_first(tmp_path: Path, monkeypatch) -> None:
+    """Lightning's TorchCheckpointIO saves through `_atomic_save` (torch.save into a BytesIO); ours never calls it."""
+    _, checkpoint = _one_epoch_checkpoint(tmp_path / "fit")
+
+    def in_memory(*args, **kwargs):
+        raise AssertionError("Lightning's in-memory save was called")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", in_memory)
+    with pytest.raises(AssertionError, match="in-memory"):
+        TorchCheckpointIO().save_checkpoint(checkpoint, tmp_path / "lightning.ckpt")
+    DirectCheckpointIO().save_checkpoint(checkpoint, tmp_path / "ours.ckpt")
+    assert _same(torch.load(tmp_path / "ours.ckpt", weights_only=False), checkpoint)
+
+
 def test_make_trainer_keeps_a_checkpoint_io_the_user_passed() -> None:
     own = TorchCheckpointIO()
-    trainer, _ = make_trainer({"plugins": [own]}, "false", callbacks=[], loggers=[])
+    trainer, _ = make_trainer({"plugins": [own], "accelerator": "cpu", "devices": 1}, "false", [], [])
     assert trainer.strategy.checkpoint_io is own

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.config.checks import check_config, instantiate_group
@@ -173,7 +174,8 @@ def make_trainer(
     resuming: bool = False,
 ) -> tuple[L.Trainer, bool]:
     """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/transfer/speed.py) and the ddp
-    launch rule applied; returns it and whether inputs go channels_last."""
+    launch rule applied, saving checkpoints through DirectCheckpointIO; returns it and whether inputs go
+    channels_last."""
     args = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg)
     precision, use_channels_last, why = speed.resolve(
         args.get("precision", "auto"), channels_last, str(args.get("accelerator", "auto"))
@@ -183,17 +185,12 @@ def make_trainer(
         args["strategy"] = _launch_strategy(str(args["strategy"]))
     if resuming:
         args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
-    args["plugins"] = _with_checkpoint_io(args.get("plugins"))
     log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)
-    return L.Trainer(**args, callbacks=callbacks, logger=loggers or False), use_channels_last
-
-
-def _with_checkpoint_io(plugins: Any) -> list[Any]:
-    """+trainer.plugins as a list, with tlcli's DirectCheckpointIO unless it already holds a CheckpointIO."""
-    from lightning.fabric.plugins import CheckpointIO
-
-    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
-    return plugins if any(isinstance(p, CheckpointIO) for p in plugins) else [*plugins, DirectCheckpointIO()]
+    trainer = L.Trainer(**args, callbacks=callbacks, logger=loggers or False)
+    # Lightning's default IO only: a CheckpointIO in +trainer.plugins, or a strategy's own (XLA's), stays
+    if "plugins" not in args and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+        trainer.strategy.checkpoint_io = DirectCheckpointIO()
+    return trainer, use_channels_last
 
 
 def _launch_strategy(strategy: str) -> str:

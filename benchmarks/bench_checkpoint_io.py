@@ -11,7 +11,6 @@ process (the rise of its peak RSS; n/a where /proc/self/clear_refs cannot reset 
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import timm
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from benchmarks.common import machine, median, table
+from benchmarks.common import machine, median, status_mib, table
 from tl_cli.run.checkpoint_io import DirectCheckpointIO
 
 VARIANTS = {"Lightning's TorchCheckpointIO": TorchCheckpointIO, "tlcli's DirectCheckpointIO": DirectCheckpointIO}
@@ -36,11 +35,6 @@ def make_checkpoint(model_name: str) -> dict:
     return {"state_dict": model.state_dict(), "optimizer_states": [optimizer.state_dict()], "epoch": 0}
 
 
-def _status_mib(key: str) -> float:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"{key}:\s+(\d+) kB", f.read())[1]) / 1024
-
-
 def peak_rise_mib(model_name: str, variant: str) -> float | None:
     """Peak RSS during one save above the RSS just before it: Linux resets the peak (VmHWM) on writing 5 to
     /proc/self/clear_refs. None where it cannot (another OS, some sandboxes)."""
@@ -50,10 +44,10 @@ def peak_rise_mib(model_name: str, variant: str) -> float | None:
             f.write("5")
     except OSError:
         return None
-    before = _status_mib("VmRSS")
+    before = status_mib("VmRSS")
     with tempfile.TemporaryDirectory() as folder:
         VARIANTS[variant]().save_checkpoint(checkpoint, Path(folder) / "x.ckpt")
-    return _status_mib("VmHWM") - before
+    return status_mib("VmHWM") - before
 
 
 def main() -> None:

@@ -14,17 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, status_mib, table
 
 TLCLI = str(Path(sys.executable).with_name("tlcli"))
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-    except (OSError, StopIteration):
-        return None
 
 
 def main() -> None:
@@ -46,7 +38,7 @@ def main() -> None:
         )
         samples: list[tuple[float, float]] = []
         while proc.poll() is None:
-            if (value := rss_mb(proc.pid)) is not None and (Path(tmp) / "run" / "checkpoints").exists():
+            if (value := status_mib("VmRSS", proc.pid)) is not None and (Path(tmp) / "run" / "checkpoints").exists():
                 samples.append((time.perf_counter(), value))  # from the first checkpoint on: training
             time.sleep(0.25)
         if proc.returncode != 0 or len(samples) < 10:

@@ -20,6 +20,15 @@ def machine() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, {gpu}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
 
 
+def status_mib(key: str, pid: int | str = "self") -> float | None:
+    """A memory line of /proc/<pid>/status (VmRSS, VmHWM, ...) in MiB; None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(f"{key}:")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

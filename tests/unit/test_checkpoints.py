@@ -83,13 +83,20 @@ def _saved(path: Path) -> tuple[int, dict[str, torch.Tensor]]:
     return checkpoint["epoch"], checkpoint["state_dict"]
 
 
-def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def _same(a: object, b: object) -> bool:
+    """Equal checkpoints or parts of them: tensors bit for bit, dicts, lists and plain values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
 
 
 def _assert_last_is_the_final_epoch(trainer: L.Trainer, folder: Path, final_improved: bool) -> None:
     epoch, weights = _saved(folder / "last.ckpt")
-    assert epoch == trainer.current_epoch - 1 and _equal(weights, trainer.lightning_module.state_dict())
+    assert epoch == trainer.current_epoch - 1 and _same(weights, trainer.lightning_module.state_dict())
     assert os.path.samefile(folder / "best.ckpt", folder / "last.ckpt") == final_improved
 
 
@@ -104,7 +111,7 @@ def test_best_as_lightnings_and_last_the_final_epoch_linked_when_it_improved(
 
     assert sorted(p.name for p in ours.iterdir()) == ["best.ckpt", "last.ckpt"]
     (epoch, weights), (ref_epoch, ref_weights) = _saved(ours / "best.ckpt"), _saved(lightnings / "best.ckpt")
-    assert epoch == ref_epoch == schedule.index(max(schedule)) and _equal(weights, ref_weights)
+    assert epoch == ref_epoch == schedule.index(max(schedule)) and _same(weights, ref_weights)
     _assert_last_is_the_final_epoch(trainer, ours, final_improved=schedule[-1] == max(schedule))
 
 
@@ -115,7 +122,7 @@ def test_resuming_continues_from_the_final_epoch_not_the_best(tmp_path: Path) ->
     uninterrupted = _fit(tmp_path / "ref", [0.5, 0.7, 0.6, 0.9, 0.4], ModelCheckpoint, True)
 
     assert resumed.global_step == uninterrupted.global_step
-    assert _equal(resumed.lightning_module.state_dict(), uninterrupted.lightning_module.state_dict())
+    assert _same(resumed.lightning_module.state_dict(), uninterrupted.lightning_module.state_dict())
     assert _saved(tmp_path / "run" / "best.ckpt")[0] == 3
     _assert_last_is_the_final_epoch(resumed, tmp_path / "run", final_improved=False)
 
@@ -130,7 +137,7 @@ def test_writing_a_linked_last_checkpoint_leaves_best_unchanged(tmp_path: Path, 
 
     (best_epoch, best), (_, last) = _saved(tmp_path / "best.ckpt"), _saved(tmp_path / "last.ckpt")
     assert best_epoch == 1 and not os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
-    assert not _equal(best, last)
+    assert not _same(best, last)
 
 
 def test_last_is_the_final_epoch_also_when_it_did_not_validate(tmp_path: Path) -> None:
@@ -159,16 +166,6 @@ def _one_epoch_checkpoint(folder: Path) -> tuple[L.Trainer, dict]:
     trainer, _ = make_trainer(args, "false", callbacks=[], loggers=[])
     trainer.fit(BoringModel())
     return trainer, trainer._checkpoint_connector.dump_checkpoint()
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 def test_a_run_saves_through_direct_checkpoint_io_the_same_checkpoint_as_lightnings(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ def _task(command: str, args: list[str], argv0: str) -> Callable:
     def task(cfg) -> float | None:
         try:
             if command in TRAINING_COMMANDS:
-                from tl_cli.run.ranks import rerun_command
+                from tl_cli.ranks import rerun_command
 
                 rerun_command(command, args, argv0)
             return _import_command(command).main(cfg)
@@ -189,16 +189,16 @@ def run_hydra(command: str, args: list[str]) -> int:
             )
         )
 
+    from tl_cli import ranks
     from tl_cli.config.commands import register_command_schemas
     from tl_cli.config.paths import config_dir, register_resolvers
     from tl_cli.config.schema import register_schemas
-    from tl_cli.run import ranks
 
     register_schemas()
     register_command_schemas()
     register_resolvers()
     register_help_resolver()
-    ranks.register_resolver()
+    ranks.reset()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     config_name = command.replace("-", "_")  # lr-find: configs/lr_find.yaml

@@ -12,8 +12,8 @@ import torch
 from omegaconf import DictConfig
 
 from tl_cli.errors import TlcliError
+from tl_cli.ranks import several_processes
 from tl_cli.run.command import quiet_framework_noise, run_dir
-from tl_cli.run.ranks import several_processes
 from tl_cli.run.training import TransferJob, attach_feature_cache, build_job, make_trainer, to_channels_last
 
 log = logging.getLogger(__name__)

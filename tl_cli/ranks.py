@@ -8,7 +8,8 @@ Three things start the ranks of a data-parallel run, and each needs the same run
 - SLURM's srun (one task per device): the name comes from the job and step ids, the same in every task.
 
 Ranks other than 0 write no Hydra record (`.hydra/`) and log to `<run dir>/<task>_rank<N>.log`
-(`other_rank_overrides`). Only global rank 0 writes the run's files (tl_cli/commands/train.py).
+(`other_rank_overrides`). Only global rank 0 writes the run's files (tl_cli/commands/train.py). `run_name` is
+the `${tlcli_run_name:}` resolver of configs/hydra/default.yaml (registered in tl_cli/config/paths.py).
 Kept light: torch is imported only under torchrun.
 """
 
@@ -55,14 +56,10 @@ def global_rank() -> int:
     return 0
 
 
-def register_resolver() -> None:
-    """`${tlcli_run_name:}` (configs/hydra/default.yaml); a new command in this process gets a new name."""
-    from omegaconf import OmegaConf
-
+def reset() -> None:
+    """A new command in this process gets a new run name (tests run several commands in one process)."""
     global _name
     _name = None
-    if not OmegaConf.has_resolver("tlcli_run_name"):
-        OmegaConf.register_new_resolver("tlcli_run_name", run_name)
 
 
 def run_name() -> str:

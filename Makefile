@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
+.PHONY: gpu-check install train test lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,12 @@ smoke: install
 	$(TLCLI) train experiment=smoke
 	$(TLCLI) train -m experiment=smoke strategy=freeze,finetune,extend_freeze,extend_finetune
 
+# On a machine with CUDA GPUs (< 8 min on one): the tests that need CUDA, then tlcli against timm's train.py and a
+# raw loop on resnet50 at 224 px in bf16 (docs/scaling.md). Without CUDA the tests skip and the benchmark says so.
+gpu-check: install
+	$(PY) -m pytest -m gpu tests/e2e/test_gpu.py -v
+	$(PY) -m benchmarks.bench_gpu
+
 # Benchmarks: each prints a table with its baseline measured in the same run, and the ratio.
 bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_startup
@@ -59,6 +65,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_vs_timm
 	$(PY) -m benchmarks.profile_vs_timm
 	$(PY) -m benchmarks.bench_compile
+	$(PY) -m benchmarks.bench_ddp
 
 # Transfer study (docs/study.md), protocol v2: for each preset:backbone[:samples per class], stage 1 (every strategy
 # x 5 LRs on seed 0), the grid extended past any edge choice, stage 2 (seeds 1, 2 at each strategy's LR chosen on

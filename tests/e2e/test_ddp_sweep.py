@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TLCLI, run_dir_of, summary_of
+from tests.conftest import TLCLI, assert_one_line_error, run_dir_of, summary_of
 
 # every rank: one torch thread (2 ranks on 2 cores)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -40,8 +41,12 @@ def _assert_one_run(root: Path) -> Path:
 
 
 def test_devices_2_gives_one_run_dir(tlcli, tmp_path: Path) -> None:
-    result = tlcli("train", "experiment=smoke", "trainer.accelerator=cpu", "trainer.devices=2", env=ONE_THREAD)
+    """Also: optim.min_steps counts optimizer steps whatever the world size. 128 train images at 32 per device x 2
+    devices give 2 steps an epoch; 20 steps over 2 epochs repeat them to 640 images an epoch, 320 per rank."""
+    two = ["trainer.accelerator=cpu", "trainer.devices=2", "optim.min_steps=20", "trainer.max_epochs=2"]
+    result = tlcli("train", "experiment=smoke", *two, env=ONE_THREAD)
     run = run_dir_of(result)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
     assert run == _assert_one_run(tmp_path / "outputs")
     assert (run / "train_ddp_process_1.log").is_file()  # rank 1's log, in the run dir (Lightning's name)
     assert result.stdout.count("run_dir:") == 1
@@ -108,6 +113,39 @@ def test_two_nodes_share_one_run_dir(tmp_path: Path) -> None:
     run = _assert_one_run(tmp_path / "outputs")
     assert outs[0].strip().endswith(f"run_dir: {run}") and "run_dir:" not in outs[1]
     assert summary_of(run)["split_sizes"]["train"] == 128
+
+
+def test_srun_tasks_share_one_run_dir_named_after_the_job(tmp_path: Path) -> None:
+    """What `srun --ntasks-per-node=2 tlcli train ...` starts: two tasks with SLURM's variables (set here by hand:
+    no SLURM on this machine); Lightning's SLURM environment joins them, the job and step ids name the run."""
+    slurm = {
+        "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0",
+        "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_JOB_NAME": "tlcli", "SLURM_NODELIST": "127.0.0.1",
+        "MASTER_PORT": "29543",
+    }  # fmt: skip
+    env = {**os.environ, **ONE_THREAD, **slurm, "TLCLI_OUTPUT_DIR": str(tmp_path / "outputs")}
+    overrides = ["experiment=smoke", "trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2"]
+    tasks = [
+        subprocess.Popen(
+            [str(TLCLI), "train", *overrides],
+            cwd=tmp_path,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)},
+        )  # fmt: skip
+        for rank in (0, 1)
+    ]
+    outs = _finish(tasks)
+    run = _assert_one_run(tmp_path / "outputs")
+    assert run.name == "slurm-4242.0" and outs[0].strip().endswith(f"run_dir: {run}")
+    assert (run / "train_rank1.log").is_file() and "run_dir:" not in outs[1]
+
+
+def test_race_and_lr_find_refuse_several_devices(tlcli) -> None:
+    two = ["experiment=smoke", "trainer.accelerator=cpu", "trainer.devices=2"]
+    assert_one_line_error(tlcli("train", *two, "strategy=auto"), "strategy=auto", "one device")
+    assert_one_line_error(tlcli("lr-find", *two, "strategy=finetune"), "lr-find", "one device")
 
 
 def test_two_ranks_train_as_one_process_at_the_global_batch(tlcli, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ def check_config(cfg: DictConfig) -> None:
     check_finetune_options(cfg)
     check_freeze_epochs(cfg)
     check_imbalance_options(cfg.data)
+    check_streaming(cfg)
     check_monitors(cfg.callbacks)
     check_trainer_keys(cfg.trainer)
     check_step_options(cfg.trainer)
@@ -108,6 +109,19 @@ def check_imbalance_options(data: DictConfig) -> None:
             "data.class_weights=balanced does not apply to data.mixup/data.cutmix's soft targets; "
             "use data.sampler=balanced instead, or data.mixup=0 data.cutmix=0"
         )
+
+
+def check_streaming(cfg: DictConfig) -> None:
+    """What cannot work on a stream of shards (data=webdataset), refused before any work."""
+    from tl_cli.data.stream import STREAMING, refusals
+
+    if cfg.data.name not in STREAMING:
+        return
+    why = refusals(cfg.data)
+    if why is None and cfg.strategy.name == "auto":
+        why = "strategy=auto subsamples indexed splits, not a stream; pick a strategy, or use data=csv or data=hf"
+    if why:
+        raise TlcliError(f"data={cfg.data.name}: {why}")
 
 
 def check_monitors(callbacks: DictConfig | None) -> None:

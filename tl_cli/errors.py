@@ -73,7 +73,10 @@ def describe(ex: BaseException) -> tuple[str, int]:
             return one_line(str(choose_from(noun, value, ex.options))), EXIT_USAGE
         return one_line(str(ex).split("\n")[0]), EXIT_USAGE
     if isinstance(ex, OverrideParseException):
-        return one_line(f"cannot parse override: {str(ex).splitlines()[0]}"), EXIT_USAGE
+        first = str(ex).splitlines()[0]
+        # Hydra reads {a..b} as a dict: a brace pattern (data=webdataset shards) must be quoted
+        hint = "; quote brace patterns: \"data.train='shards/train-{000000..000009}.tar'\"" if "'{'" in first else ""
+        return one_line(f"cannot parse override: {first}{hint}"), EXIT_USAGE
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))

@@ -68,6 +68,15 @@ class ModelConfig:
 
 
 @dataclass
+class SplitSizes:
+    """data=webdataset: samples per split, known beforehand (null: counted at start)."""
+
+    train: int | None = None
+    val: int | None = None
+    test: int | None = None
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING  # synthetic | digits | fashion_mnist | image_folder | csv | hf | webdataset | custom
     root: str | None = None  # image_folder: the folder; csv: base of relative paths (else each CSV's folder)
@@ -81,7 +90,7 @@ class DataConfig:
     dataset: str | None = None  # hf: a Hub id (from the local cache offline), a save_to_disk folder or a parquet folder
     shuffle_buffer: int = 1000  # webdataset: samples shuffled in a buffer of this many
     # webdataset: the sizes of train/val/test and the class names; with both set, the shards are not counted at start
-    split_sizes: dict[str, int] | None = None
+    split_sizes: SplitSizes = field(default_factory=lambda: SplitSizes())
     class_names: list[str] | None = None
     factory: str | None = None  # custom: module:function returning RawSplits (tl_cli/data/custom.py)
     batch_size: int = 64

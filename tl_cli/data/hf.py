@@ -55,6 +55,7 @@ def load(spec: str):
     """A DatasetDict (or Dataset) from a save_to_disk folder, a folder of parquet files, or a Hub id."""
     import datasets
 
+    datasets.disable_progress_bars()  # tlcli logs what it loads; bars would fill a log file
     path = Path(spec).expanduser()
     try:
         if path.is_dir():
@@ -76,12 +77,13 @@ def load(spec: str):
         ) from None
 
 
-def find_column(features: dict, wanted: str, kind: type, key: str) -> str:
-    """`wanted` when the table has it, else its one column of feature type `kind`; otherwise an error."""
+def find_column(features: dict, wanted: str, default: str, kind: type, key: str) -> str:
+    """`wanted` when the table has it; when it is the default name, else the table's one column of feature type
+    `kind`; otherwise an error (a name the user gave is never replaced by a guess)."""
     if wanted in features:
         return wanted
     matches = [name for name, feature in features.items() if isinstance(feature, kind)]
-    if len(matches) == 1:
+    if wanted == default and len(matches) == 1:
         return matches[0]
     raise TlcliError(f"{key}={wanted} is not a column (columns: {', '.join(features)}); set {key} to one of them")
 
@@ -115,8 +117,8 @@ def hf_source(cfg, seed: int) -> RawSplits:
         raise TlcliError(f"data=hf needs {USAGE}")
     tables = split_tables(load(str(cfg.dataset)))
     features = tables["train"].features
-    image_column = find_column(features, cfg.image_column, ImageFeature, "data.image_column")
-    label_column = find_column(features, cfg.label_column, ClassLabel, "data.label_column")
+    image_column = find_column(features, cfg.image_column, "image", ImageFeature, "data.image_column")
+    label_column = find_column(features, cfg.label_column, "label", ClassLabel, "data.label_column")
     label_feature = features[label_column]
     if isinstance(label_feature, ClassLabel):
         classes = list(label_feature.names)

@@ -91,7 +91,7 @@ class SampleDecoder:
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None or "cls" not in sample:
             what = f"a .{'/.'.join(IMAGE_KEYS)} image" if image_key is None else "a .cls label"
-            raise BadSample(f"{where} has no {what} (it has: {', '.join(k for k in sample if not k.startswith('__'))})")
+            raise BadSample(f"{where} lacks {what} (it has: {', '.join(k for k in sample if not k.startswith('__'))})")
         label = self.lookup.get(normalized_label(sample["cls"].decode("utf-8", "replace")))
         if label is None:
             raise BadSample(f"{where} has label '{sample['cls'][:40]!r}', not one of the classes")
@@ -175,7 +175,7 @@ def _classes_and_sizes(
 ) -> tuple[list[str], dict[str, int], dict[str, np.ndarray] | None]:
     """From data.class_names and data.split_sizes when both are set; else one pass over the shards."""
     names = [str(c) for c in cfg.class_names] if cfg.class_names else None
-    sizes = dict(cfg.split_sizes or {})
+    sizes = {s: n for s in SPLITS if (n := (cfg.split_sizes or {}).get(s))}
     if names and all(s in sizes for s in SPLITS):
         for split, shard_split in splits.items():
             shard_split.size = int(sizes[split])
@@ -184,10 +184,17 @@ def _classes_and_sizes(
     if not names:
         names = label_classes(list(labels["train"]), f"data.train={cfg.train}")
     lookup = _lookup(names)
+    for split, found in labels.items():  # unknown labels first: they say more than an empty split
+        encode_labels(sorted(found), list(lookup), f"data.{split}={splits[split].urls}")
     for split, found in labels.items():
-        encode_labels(sorted(found), list(lookup), f"data.{split}={splits[split].urls}")  # unknown labels fail here
         if not found:
-            raise TlcliError(f"data.{split}={splits[split].urls} holds no samples; check the shards")
+            held = splits[split].keep is not None and split != "train"
+            raise TlcliError(
+                f"no sample of data.train fell into the held-out {split} split; raise data.{split}_fraction or pass "
+                f"data.{split}=<shards>"
+                if held
+                else f"data.{split}={splits[split].urls} holds no samples; check the shards"
+            )
         splits[split].size = sum(found.values())
     counts = {split: np.zeros(len(names), dtype=np.int64) for split in labels}
     for split, found in labels.items():

@@ -60,6 +60,8 @@ LOGGER_TARGETS: dict[str, Feature] = {
     "lightning.pytorch.loggers.WandbLogger": WANDB,
     "lightning.pytorch.loggers.wandb.WandbLogger": WANDB,
 }
+# Data sources (data=<name>) that need an extra.
+DATA_SOURCES: dict[str, Feature] = {"hf": HF, "webdataset": WEBDATASET}
 FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, HF, WEBDATASET, *PLUGINS.values())
 
 

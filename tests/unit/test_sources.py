@@ -206,6 +206,9 @@ def test_webdataset_bad_shards_are_one_error_each(tmp_path: Path) -> None:
     base = ["data=webdataset", f"data.train='{good}'", "data.num_workers=0", "data.val_fraction=0.5"]
     with pytest.raises(TlcliError, match="sample 'k1' of shard .*nocls-000000.tar lacks a .cls label"):
         datamodule([*base, f"data.test='{no_cls}'"])
+    no_image = write_shards(tmp_path, "noimage", [("k0", {"cls": b"0"}), *shard_samples(2)], per_shard=8)
+    with pytest.raises(TlcliError, match="sample 'k0' .* lacks a .png/.jpg/"):
+        datamodule([*base, f"data.test='{no_image}'"])
     with pytest.raises(TlcliError, match=r"label\(s\) that train does not have \(7\)"):
         datamodule([*base, f"data.test='{write_shards(tmp_path, 'seven', shard_samples(1, cls=lambda c: '7'), 8)}'"])
     dm = datamodule([*base, f"data.test='{corrupt}'"])

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.extras import DATA_SOURCES, require
 from tl_cli.transfer import speed
 from tl_cli.transfer.strategies import get_strategy
 
@@ -40,6 +41,8 @@ def check_config(cfg: DictConfig) -> None:
     check_finetune_options(cfg)
     check_freeze_epochs(cfg)
     check_imbalance_options(cfg.data)
+    if cfg.data.name in DATA_SOURCES:  # before any backbone or data is built
+        require(DATA_SOURCES[cfg.data.name])
     check_streaming(cfg)
     check_monitors(cfg.callbacks)
     check_trainer_keys(cfg.trainer)

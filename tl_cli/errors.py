@@ -101,11 +101,24 @@ def describe(ex: BaseException) -> tuple[str, int]:
             ),
             EXIT_USAGE,
         )
+    own = _spawned_tlcli_error(ex)
+    if own:
+        return one_line(own), EXIT_USAGE
     first = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
     return (
         one_line(f"{type(ex).__name__}: {first} (rerun with TLCLI_DEBUG=1 for the full traceback)"),
         EXIT_FAILURE,
     )
+
+
+def _spawned_tlcli_error(ex: BaseException) -> str | None:
+    """The message of a TlcliError raised in a process torch.multiprocessing spawned (a ddp_spawn rank): the
+    parent gets only the child's traceback as text, whose last line is '<module>.<Error>: <message>'."""
+    if type(ex).__name__ != "ProcessRaisedException":
+        return None
+    last = str(ex).strip().splitlines()[-1] if str(ex).strip() else ""
+    found = re.match(r"tl_cli\.[\w.]*\.(?:TlcliError|UnreadableSplit|BadSample|MissingExtra): (.+)", last)
+    return found.group(1) if found else None
 
 
 def report(ex: BaseException) -> int:

@@ -216,3 +216,25 @@ def test_webdataset_bad_shards_are_one_error_each(tmp_path: Path) -> None:
         list(dm.dataset("test"))
     with pytest.raises(TlcliError, match="samples_per_class"):
         datamodule([*base, "data.samples_per_class=2"])
+
+
+def test_ddp_needs_a_train_shard_per_rank_and_rank_errors_stay_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("webdataset")
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    from tests.conftest import compose
+    from tl_cli.config.checks import check_config
+    from tl_cli.errors import describe
+
+    one = write_shards(tmp_path, "one", shard_samples(2), per_shard=8)
+    cfg = compose(["experiment=smoke", "data=webdataset", f"data.train='{one}'", "trainer=ddp"])
+    with pytest.raises(TlcliError, match=r"has 1 shard\(s\) for 2 ranks"):
+        check_config(cfg)
+    # what the parent of a ddp_spawn rank receives: the rank's traceback as text
+    raised = ProcessRaisedException(
+        '\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n  File "x.py"\n'
+        "tl_cli.data.stream.BadSample: sample 'k9' of shard a.tar: its .jpg cannot be decoded",
+        1,
+        123,
+    )
+    assert describe(raised) == ("sample 'k9' of shard a.tar: its .jpg cannot be decoded", 2)

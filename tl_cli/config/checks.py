@@ -125,6 +125,11 @@ def check_streaming(cfg: DictConfig) -> None:
         why = "strategy=auto subsamples indexed splits, not a stream; pick a strategy, or use data=csv or data=hf"
     if why:
         raise TlcliError(f"data={cfg.data.name}: {why}")
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") and isinstance(devices, int) and cfg.data.train:
+        from tl_cli.data.stream import ShardSplit, check_shards
+
+        check_shards(ShardSplit(str(cfg.data.train), 0), devices * (nodes if isinstance(nodes, int) else 1))
 
 
 def check_monitors(callbacks: DictConfig | None) -> None:

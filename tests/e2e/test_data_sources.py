@@ -75,11 +75,15 @@ def make(cfg, seed):
 """
 
 
-def test_custom_factory_from_the_working_directory(tlcli, tmp_path: Path) -> None:
-    (tmp_path / "my_source.py").write_text(FACTORY)  # the tlcli fixture runs in tmp_path
-    run = run_dir_of(tlcli(*SMOKE, "data=custom", "data.factory=my_source:make"))
+def test_custom_factory_from_a_config_dir_or_the_working_directory(tlcli, tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "my_source.py").write_text(FACTORY)
+    run = run_dir_of(tlcli("train", "--config-dir", "conf", *SMOKE[1:], "data=custom", "data.factory=my_source:make"))
     summary = summary_of(run)
     assert sum(summary["split_sizes"].values()) == 30 and set(summary["split_notes"]) == {"val", "test"}
     assert json.loads((run / "labels.json").read_text()) == ["low", "mid", "high"]
-    missing = tlcli(*SMOKE, "data=custom", "data.factory=my_source:nothing")
-    assert_one_line_error(missing, "data.factory=my_source:nothing", "has no function nothing")
+    (tmp_path / "here_source.py").write_text(FACTORY)  # the tlcli fixture runs in tmp_path: imported from there
+    missing = tlcli(*SMOKE, "data=custom", "data.factory=here_source:nothing")
+    assert_one_line_error(missing, "data.factory=here_source:nothing", "has no function nothing")
+    elsewhere = tlcli(*SMOKE, "data=custom", "data.factory=my_source:make")  # no --config-dir: not found
+    assert_one_line_error(elsewhere, "cannot import my_source", "--config-dir")

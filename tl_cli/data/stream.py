@@ -129,12 +129,13 @@ def stream_dataset(
         nodesplitter=wds.split_by_node if train else keep_all,
         workersplitter=wds.split_by_worker,
         empty_check=False,  # more workers than shards: some read none
+        detshuffle=True,  # seeded by seed + epoch: another order each epoch, the same in every run
         seed=seed,
     )
     if split.keep is not None:
         pipeline = pipeline.select(split.keep)
     if train and buffer > 1:
-        pipeline = pipeline.shuffle(buffer)
+        pipeline = pipeline.compose(wds.filters.detshuffle(buffer, seed=seed))
     pipeline = pipeline.map(decoder)
     if len(set(decoder.label_map)) < len(set(decoder.lookup.values())):  # data.classes leaves some out
         pipeline = pipeline.select(_not_none)

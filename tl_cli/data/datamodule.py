@@ -219,6 +219,8 @@ class TransferDataModule(L.LightningDataModule):
         keep_classes = self._selected_classes(raw)
         if raw.counts is None and len(keep_classes) < len(raw.classes):
             raise TlcliError("data.classes on shards needs the split sizes counted: unset data.split_sizes")
+        if raw.counts is None and self.cfg.get("class_weights") == "balanced":
+            raise TlcliError("data.class_weights=balanced on shards needs the classes counted: unset data.split_sizes")
         self.stream_label_map = {old: new for new, old in enumerate(keep_classes)}
         self.classes = [raw.classes[c] for c in keep_classes]
         for split, shards in raw.splits.items():

@@ -90,9 +90,17 @@ def _import_command(command: str) -> ModuleType:
             gc.enable()
 
 
-def _task(command: str) -> Callable:
+# Commands that may start a Lightning Trainer on several devices: Lightning's launcher re-runs their command line
+TRAINING_COMMANDS = ("train", "lr-find")
+
+
+def _task(command: str, args: list[str], argv0: str) -> Callable:
     def task(cfg) -> float | None:
         try:
+            if command in TRAINING_COMMANDS:
+                from tl_cli.ranks import rerun_command
+
+                rerun_command(command, args, argv0)
             return _import_command(command).main(cfg)
         except SystemExit:
             raise
@@ -181,6 +189,7 @@ def run_hydra(command: str, args: list[str]) -> int:
             )
         )
 
+    from tl_cli import ranks
     from tl_cli.config.commands import register_command_schemas
     from tl_cli.config.paths import config_dir, register_resolvers
     from tl_cli.config.schema import register_schemas
@@ -189,12 +198,18 @@ def run_hydra(command: str, args: list[str]) -> int:
     register_command_schemas()
     register_resolvers()
     register_help_resolver()
+    ranks.reset()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     config_name = command.replace("-", "_")  # lr-find: configs/lr_find.yaml
-    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(_task(command))
     saved_argv = sys.argv
-    sys.argv = [f"tlcli {command}", *args]
+    try:
+        args = [*args, *ranks.other_rank_overrides(config_name)]
+    except TlcliError as ex:
+        return report(ex)
+    task = _task(command, args, saved_argv[0])
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(task)
+    sys.argv = [f"tlcli {command}", *args]  # what Hydra parses; the task sets the re-runnable command
     try:
         app()
     except SystemExit as ex:

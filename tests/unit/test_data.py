@@ -223,3 +223,22 @@ def test_a_config_saved_before_min_steps_existed_trains_without_a_minimum() -> N
     assert min_train_batches(cfg) == 75  # the default 300 over 4 epochs
     del cfg.optim["min_steps"]
     assert min_train_batches(cfg) == 0
+
+
+def test_ranks_serve_interleaved_shares_of_one_seeded_epoch_order() -> None:
+    """Rank r of 2 serves positions r, r + 2, ... of the order one process draws: its k-th batch and the other
+    rank's make up the one process's k-th batch at twice the size. Padded by wrapping round, equal lengths."""
+    from torch.utils.data import RandomSampler
+
+    from tl_cli.data.datamodule import EpochDraws
+
+    def draws(generator):
+        return RandomSampler(range(10), num_samples=13, generator=generator)
+
+    single = list(EpochDraws(draws, 13, seed=3, epoch=lambda: 0))
+    assert single == list(EpochDraws(draws, 13, seed=3, epoch=lambda: 0))  # the same in every rank and rerun
+    assert single != list(EpochDraws(draws, 13, seed=3, epoch=lambda: 1))  # each epoch draws anew
+    shards = [list(EpochDraws(draws, 13, seed=3, epoch=lambda: 0, rank=r, world=2)) for r in (0, 1)]
+    assert [len(s) for s in shards] == [7, 7]
+    interleaved = [i for pair in zip(*shards, strict=True) for i in pair]
+    assert interleaved == single + single[:1]

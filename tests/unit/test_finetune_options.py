@@ -307,8 +307,8 @@ def test_a_resume_in_the_middle_of_a_frozen_epoch_keeps_the_backbone_frozen(tmp_
         (["strategy=scratch", "strategy.freeze_epochs=1"], "not strategy=scratch"),
         (["strategy=auto", "strategy.freeze_epochs=1"], "not strategy=auto"),
         (["strategy=finetune", "strategy.freeze_epochs=10"], "below trainer.max_epochs=10"),
-        (["strategy=finetune", "strategy.freeze_epochs=1", "trainer=ddp"], "ddp_spawn_find_unused_parameters_true"),
-        (["strategy=finetune", "strategy.freeze_epochs=1", "+trainer.strategy=ddp_find_unused_parameters_true"], None),
+        (["strategy=finetune", "strategy.freeze_epochs=1", "trainer=ddp"], "ddp_find_unused_parameters_true"),
+        (["strategy=finetune", "strategy.freeze_epochs=1", "trainer.strategy=ddp_find_unused_parameters_true"], None),
     ],
 )
 def test_freeze_epochs_values(overrides: list[str], message: str | None) -> None:

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from tl_cli.errors import TlcliError
+from tl_cli.ranks import several_processes
 from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.training import TransferJob, attach_feature_cache, build_job, make_trainer, to_channels_last
 
@@ -27,6 +28,12 @@ def check_settings(cfg: DictConfig) -> None:
         raise TlcliError(
             "lr-find needs a concrete strategy, not strategy=auto (it picks one by measuring); run "
             "`tlcli train strategy=auto`, then lr-find with the strategy it chose, e.g. strategy=freeze"
+        )
+    if several_processes(cfg.trainer):
+        raise TlcliError(
+            "lr-find runs in one process on one device (a short sweep, not worth starting ranks for); drop "
+            "trainer.devices/trainer.num_nodes (or torchrun/srun), then scale the LR it suggests from one device's "
+            "batch to your global batch (docs/scaling.md)"
         )
     if not 0 < s.min_lr < s.max_lr:
         raise TlcliError(f"lr_find.min_lr={s.min_lr} and lr_find.max_lr={s.max_lr} need 0 < min_lr < max_lr")

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tl_cli.errors import choose_from
+from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import require_targets
+from tl_cli.ranks import job_scope, several_processes
 from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.resume import resume_state
 from tl_cli.run.rundir import RunDir
@@ -36,6 +37,12 @@ def train(cfg: DictConfig) -> float:
     if racing:  # strategy=auto's race: candidates first, then the winner fitted in this run dir
         from tl_cli.run import race
 
+        if several_processes(cfg.trainer):
+            raise TlcliError(
+                "strategy=auto's race trains its candidates one after another in one process; run it on one device "
+                "(drop trainer.devices/num_nodes, or torchrun/srun), then train the strategy it picks data-parallel"
+            )
+
         fitted = race.race_and_fit(cfg, run, state.config_sha, state.checkpoint)
     else:
         fitted = fit_run(cfg, run, state.config_sha, state.checkpoint)
@@ -43,10 +50,10 @@ def train(cfg: DictConfig) -> float:
     load_best(fitted.job, fitted.result)  # tested (unless test=false) and saved as model.safetensors
     tested = cfg.get("test", True)  # .get: a resumed run's config may predate the key
     result = score_on_test(trainer, fitted.job, fitted.result) if tested else fitted.result
-    write_run(run, cfg, fitted.job, trainer, result, fitted.facts)
-    if racing:
-        race.tidy(run)
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # the other ranks of a data-parallel run write nothing
+        write_run(run, cfg, fitted.job, trainer, result, fitted.facts)
+        if racing:
+            race.tidy(run)
         _print_result(result.metrics, run.path)
     return _optimized(cfg, result.metrics)
 
@@ -76,4 +83,5 @@ def main(cfg: DictConfig) -> float:
     require_targets(cfg.logger)  # logger=tensorboard without its extra: one line before any work
     quiet_framework_noise()
     torch.set_float32_matmul_precision("high")
-    return train(cfg)
+    with job_scope():
+        return train(cfg)

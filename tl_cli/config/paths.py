@@ -24,5 +24,9 @@ def asset(name: str) -> str:
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
+    from tl_cli.ranks import run_name
+
     if not OmegaConf.has_resolver("asset"):
         OmegaConf.register_new_resolver("asset", asset)
+    if not OmegaConf.has_resolver("tlcli_run_name"):  # the run dir's name, the same in every rank
+        OmegaConf.register_new_resolver("tlcli_run_name", run_name)

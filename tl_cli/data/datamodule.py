@@ -4,11 +4,14 @@ image, normalized per batch on the device: tl_cli/data/transforms.py)."""
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from torch.utils.data import (
     BatchSampler,
     ChainDataset,
@@ -75,6 +78,34 @@ def make_datamodule(cfg, data_config: dict[str, Any], seed: int, trainer_cfg=Non
     datamodule = TransferDataModule(cfg, data_config, seed, str(trainer_cfg.get("accelerator", "auto")), devices)
     datamodule.prepare_splits()
     return datamodule
+
+
+class EpochDraws(Sampler[int]):
+    """A train epoch's sample order, drawn by `draws` from a generator seeded by (seed, epoch): the same in every
+    rank and in a resumed run. Rank r of `world` serves positions r, r + world, r + 2 world, ...: its k-th batch
+    and the other ranks' make up the k-th batch one process would draw at `world` times the batch size. Padded by
+    wrapping round to a multiple of `world`, so that every rank runs the same number of steps."""
+
+    def __init__(
+        self,
+        draws: Callable[[torch.Generator], Sampler],
+        size: int,
+        seed: int,
+        epoch: Callable[[], int],
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.draws, self.size, self.seed, self.epoch, self.rank, self.world = draws, size, seed, epoch, rank, world
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 100_003 + self.epoch())
+        order = list(self.draws(generator))
+        order += order[: len(self) * self.world - len(order)]
+        return iter(order[self.rank :: self.world])
 
 
 class TransformedSubset(Dataset):
@@ -289,8 +320,7 @@ class TransferDataModule(L.LightningDataModule):
     def _stream(self, split: str, train: bool, epoch_size: int = 0):
         """The webdataset pipeline of a split: train shards split over ranks and workers, cut to `epoch_size`."""
         found = self.splits[split]
-        trainer = getattr(self, "trainer", None)
-        world = trainer.world_size if trainer is not None else 1
+        world = self._rank_and_world(images=False)[1]
         if train:
             check_shards(found.raw.splits[split], world)
         per_rank, per_worker = epoch_share(epoch_size or len(found), world, self.num_workers)
@@ -311,11 +341,15 @@ class TransferDataModule(L.LightningDataModule):
             batch_size = max(batch_size, 1024)  # evaluation on features
         if images and not self.cfg.eval_batch_size:
             batch_size = extraction_batch_size(batch_size, self.data_config["input_size"])
-        epoch_size = self.train_epoch_size(batch_size) if train else len(dataset)
-        # a last batch of one sample breaks BatchNorm in training; drop only that case
-        drop_last = train and epoch_size % batch_size == 1
-        # the same random order whether images or cached features are served, so results do not change
-        sampler = self._train_sampler(dataset, epoch_size) if train else SequentialSampler(dataset)
+        rank, world = self._rank_and_world(images)
+        if train:
+            sampler: Sampler = self._train_sampler(dataset, self.train_epoch_size(batch_size, world), rank, world)
+        elif world > 1:  # each rank evaluates its share, nothing repeated: the synced metrics count each image once
+            sampler = UnrepeatedDistributedSamplerWrapper(SequentialSampler(dataset), world, rank, shuffle=False)
+        else:
+            sampler = SequentialSampler(dataset)
+        # a last batch of one sample breaks BatchNorm in training; drop only that case (the same on every rank)
+        drop_last = train and len(sampler) % batch_size == 1
         if cached:  # index whole batches of the feature tensors at once (no per-sample collate)
             return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last), batch_size=None)
         workers = self.num_workers
@@ -332,9 +366,10 @@ class TransferDataModule(L.LightningDataModule):
     def _stream_loader(self, split: str, train: bool) -> DataLoader:
         """A loader over a shard stream: the stream shuffles and splits itself; no sampler."""
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
-        epoch_size = self.train_epoch_size(batch_size) if train else 0
+        world = self._rank_and_world(images=False)[1]
+        epoch_size = self.train_epoch_size(batch_size, world) if train else 0  # over all ranks
         dataset = self._stream(split, train, epoch_size)
-        per_worker = epoch_share(epoch_size, 1, self.num_workers)[1]
+        per_worker = epoch_share(epoch_size, world, self.num_workers)[1]
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -344,14 +379,38 @@ class TransferDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def _train_sampler(self, dataset: Dataset, epoch_size: int) -> Sampler:
+    def _rank_and_world(self, images: bool) -> tuple[int, int]:
+        """This process's share of the data under data-parallel training. tlcli shards its own samplers (the
+        Trainer runs with use_distributed_sampler=False): Lightning would replace the train sampler, and with it
+        the epoch size that optim.min_steps sets. In-order image passes (feature extraction) read everything."""
+        trainer = self._trainer
+        if images or trainer is None or trainer.world_size <= 1:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _train_sampler(self, dataset: Dataset, epoch_size: int, rank: int = 0, world: int = 1) -> Sampler:
         """`epoch_size` draws: a random order, or with data.sampler=balanced every class equally likely (with
-        replacement: a small class repeats within the epoch, a large one is subsampled)."""
+        replacement: a small class repeats within the epoch, a large one is subsampled). The same draws in every
+        rank, of which each serves its share."""
         if self.cfg.get("sampler", "random") == "balanced":  # .get: a resumed run's config may predate the key
             counts = np.bincount(self.train_labels, minlength=self.num_classes)
             weights = torch.as_tensor(1.0 / counts[self.train_labels], dtype=torch.float64)
-            return WeightedRandomSampler(weights, num_samples=epoch_size, replacement=True)
-        return RandomSampler(dataset, num_samples=epoch_size)
+
+            def draws(generator: torch.Generator) -> Sampler:
+                return WeightedRandomSampler(weights, epoch_size, replacement=True, generator=generator)
+        else:
+
+            def draws(generator: torch.Generator) -> Sampler:
+                return RandomSampler(dataset, num_samples=epoch_size, generator=generator)
+
+        return EpochDraws(draws, epoch_size, self.seed, self._current_epoch, rank, world)
+
+    def _current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def _trainer(self):
+        return getattr(self, "trainer", None)
 
     def balanced_class_weights(self) -> list[float]:
         """data.class_weights=balanced: n_samples / (n_classes * count_c) per class of the train split, as
@@ -362,11 +421,12 @@ class TransferDataModule(L.LightningDataModule):
             raise TlcliError(f"data.class_weights=balanced: class {missing[0]!r} has no train samples")
         return (len(self.train_labels) / (self.num_classes * counts)).tolist()
 
-    def train_epoch_size(self, batch_size: int) -> int:
-        """Samples drawn per training epoch. Few-shot sets repeat (each pass reshuffled) up to
-        data.min_samples_per_epoch and to `min_train_batches` batches, so a run gets a real number of steps."""
+    def train_epoch_size(self, batch_size: int, world: int = 1) -> int:
+        """Samples drawn per training epoch, over all ranks. Few-shot sets repeat (each pass reshuffled) up to
+        data.min_samples_per_epoch and to `min_train_batches` global batches (`batch_size` per device x `world`
+        devices), so a run gets a real number of optimizer steps whatever the number of devices."""
         size = len(self.splits["train"])
-        return max(size, self.cfg.min_samples_per_epoch or 0, self.min_train_batches * batch_size)
+        return max(size, self.cfg.min_samples_per_epoch or 0, self.min_train_batches * batch_size * world)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

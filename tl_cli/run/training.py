@@ -174,16 +174,16 @@ def make_trainer(
     loggers: list[Any],
     resuming: bool = False,
 ) -> tuple[L.Trainer, bool]:
-    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/transfer/speed.py) and the ddp
-    launch rule applied, saving checkpoints through DirectCheckpointIO; returns it and whether inputs go
-    channels_last."""
+    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/transfer/speed.py), saving
+    checkpoints through DirectCheckpointIO; returns it and whether inputs go channels_last."""
     args = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg)
     precision, use_channels_last, why = speed.resolve(
         args.get("precision", "auto"), channels_last, str(args.get("accelerator", "auto"))
     )
     args["precision"] = precision
-    if "strategy" in args:
-        args["strategy"] = _launch_strategy(str(args["strategy"]))
+    # tlcli shards its own samplers across ranks (tl_cli/data/datamodule.py): Lightning's would replace the train
+    # sampler, and with it the epoch length that optim.min_steps sets
+    args["use_distributed_sampler"] = False
     if resuming:
         args["num_sanity_val_steps"] = 0  # it would consume random numbers the restored RNG must not
     log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)
@@ -192,22 +192,6 @@ def make_trainer(
     if "plugins" not in args and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = DirectCheckpointIO()
     return trainer, use_channels_last
-
-
-def _launch_strategy(strategy: str) -> str:
-    """ddp under a local multirun becomes ddp_spawn: Lightning's ddp launcher re-runs the whole command on
-    every extra rank, under -m the whole sweep."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and multirun:
-        if not speed.cluster_starts_processes():
-            # ddp_find_unused_parameters_true keeps its flag (strategy.freeze_epochs needs it)
-            spawn = "ddp_spawn" + strategy[3:] if strategy.startswith("ddp_find_unused_parameters") else "ddp_spawn"
-            log.warning("trainer.strategy=%s under multirun: using %s instead", strategy, spawn)
-            return spawn
-    return strategy
 
 
 def to_channels_last(job: TransferJob) -> None:
@@ -302,10 +286,13 @@ def fit_run(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str | No
     use_cache = attach_feature_cache(cfg, job, trainer, channels_last, splits)
     if resuming:
         log.info("resuming from %s", resume_from)
-    mark_started(run, config_sha)
+    if trainer.is_global_zero:
+        mark_started(run, config_sha)
     result = fit(trainer, job, resume_from)
+    # rank 0 counts its own images; every rank trains as many, in the same time (DDP steps in lockstep)
+    images = throughput.images * trainer.world_size
     facts = {
-        "train_images_per_second": round(throughput.images / throughput.seconds, 2) if throughput.seconds else 0.0,
+        "train_images_per_second": round(images / throughput.seconds, 2) if throughput.seconds else 0.0,
         "config_sha": config_sha,
         "channels_last": channels_last,
         "feature_cache": use_cache,

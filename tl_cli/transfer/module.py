@@ -86,7 +86,9 @@ class TransferModule(L.LightningModule):
 
     def _eval_step(self, batch, split: str) -> None:
         logits, labels, loss = self._forward_loss(batch, split)
-        self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=split == "val", batch_size=len(labels))
+        # sync_dist: under DDP every rank then selects, stops and reports on the same (all ranks') value
+        bar = split == "val"
+        self.log(f"{split}/loss", loss, on_epoch=True, prog_bar=bar, batch_size=len(labels), sync_dist=True)
         for name in EVAL_METRICS:
             metric = self.metrics[f"{split}_{name}"]
             metric.update(logits, labels)

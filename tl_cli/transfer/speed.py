@@ -159,11 +159,3 @@ def processes_sharing_cores(devices: Any) -> int:
     if isinstance(devices, list | tuple) or type(devices).__name__ == "ListConfig":
         return max(1, len(devices))
     return max(1, torch.cuda.device_count())  # -1 or "auto": every visible GPU
-
-
-def cluster_starts_processes() -> bool:
-    """SLURM (e.g. hydra/launcher=submitit_slurm with one task per GPU) or torchrun start every rank
-    themselves; there Lightning's ddp joins them and nothing re-launches the sweep."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect()

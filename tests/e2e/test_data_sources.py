@@ -52,7 +52,7 @@ def test_webdataset_streams_through_workers_and_evaluates(tlcli, tmp_path: Path)
     assert sizes["train"] + sizes["val"] == 20 and sizes["test"] == 6 and sizes["val"] > 0
     assert eval_report(tlcli, run)["num_images"] == 6  # with the run's data.num_workers=2
     corrupt = write_shards(tmp_path, "bad", [("k9", {"jpg": b"not a jpeg", "cls": b"1"}), *shard_samples(2)], 8)
-    bad = tlcli(*SMOKE, *keys[:2], f"data.test='{corrupt}'", "data.val_fraction=0.3", "data.num_workers=1")
+    bad = tlcli(*SMOKE, *keys[:3], f"data.val='{corrupt}'", "data.num_workers=1")  # fails in the sanity check
     assert_one_line_error(bad, "sample 'k9'", "its .jpg cannot be decoded")  # raised in a DataLoader worker
     refused = tlcli(*SMOKE, *keys, "data.samples_per_class=2")
     assert_one_line_error(refused, "data=webdataset: data.samples_per_class", "not a stream")

@@ -11,7 +11,6 @@ import numpy as np
 from PIL import Image
 
 from tl_cli.data.datasets import SPLIT_ALIASES, DecodedImages, RawSplits, check_classes_readable, register_dataset
-from tl_cli.data.images import first_few
 from tl_cli.data.tables import encode_labels, label_classes, normalized_label
 from tl_cli.errors import TlcliError
 from tl_cli.extras import HF, require
@@ -131,7 +130,7 @@ def hf_source(cfg, seed: int) -> RawSplits:
             raise TlcliError(f"{where} is empty; remove the split or add rows")
         for column in (image_column, label_column):
             if column not in table.features:
-                raise TlcliError(f"{where} has no column '{column}' (columns: {first_few(table.features, 99)})")
+                raise TlcliError(f"{where} has no column '{column}' (columns: {', '.join(table.features)})")
         labels = _labels(table, label_column, label_feature, classes, where)
         images = HfImages(table, image_column, labels, where)
         check_classes_readable(images, where, classes)

@@ -87,14 +87,10 @@ class SampleDecoder:
     transform: object
 
     def __call__(self, sample: dict):
-        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if image_key is None or "cls" not in sample:
-            what = f"a .{'/.'.join(IMAGE_KEYS)} image" if image_key is None else "a .cls label"
-            found = ", ".join(k for k in sample if not k.startswith("__"))
-            raise BadSample(f"{self.where(sample)} lacks {what} (it has: {found})")
+        image_key = image_key_of(sample)
         label = self.lookup.get(normalized_label(sample["cls"].decode("utf-8", "replace")))
         if label is None:
-            raise BadSample(f"{self.where(sample)} has label '{sample['cls'][:40]!r}', not one of the classes")
+            raise BadSample(f"{where(sample)} has label '{sample['cls'][:40]!r}', not one of the classes")
         if label not in self.label_map:
             return None
         try:
@@ -102,14 +98,23 @@ class SampleDecoder:
                 pixels = image.convert(self.mode)
         except DECODE_ERRORS as ex:
             why = type(ex).__name__
-            raise BadSample(
-                f"{self.where(sample)}: its .{image_key} cannot be decoded ({why}); fix or remove it"
-            ) from None
+            raise BadSample(f"{where(sample)}: its .{image_key} cannot be decoded ({why}); fix or remove it") from None
         return (self.transform(pixels) if self.transform else pixels), self.label_map[label]
 
-    @staticmethod
-    def where(sample: dict) -> str:
-        return f"sample '{sample.get('__key__')}' of shard {sample.get('__url__')}"
+
+def where(sample: dict) -> str:
+    """How messages name a sample: its key and shard."""
+    return f"sample '{sample.get('__key__')}' of shard {sample.get('__url__')}"
+
+
+def image_key_of(sample: dict) -> str:
+    """The sample's image extension; a sample without an image or a .cls label is a BadSample."""
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image_key is None or "cls" not in sample:
+        what = f"a .{'/.'.join(IMAGE_KEYS)} image" if image_key is None else "a .cls label"
+        found = ", ".join(k for k in sample if not k.startswith("__"))
+        raise BadSample(f"{where(sample)} lacks {what} (it has: {found})")
+    return image_key
 
 
 def _not_none(sample) -> bool:
@@ -228,8 +233,7 @@ def count_labels(split: ShardSplit) -> Counter:
         for sample in pipeline:
             if split.keep is not None and not split.keep(sample):
                 continue
-            if "cls" not in sample or not any(k in sample for k in IMAGE_KEYS):
-                SampleDecoder({}, {}, "RGB", None)(sample)  # raises BadSample naming what is missing
+            image_key_of(sample)  # a sample without an image or a label fails here, before training
             found[normalized_label(sample["cls"].decode("utf-8", "replace"))] += 1
     except BadSample:
         raise

@@ -62,6 +62,7 @@ bench: install fashion-mnist
 	$(PY) -m benchmarks.bench_optimizer
 	$(PY) -m benchmarks.bench_checkpoint_io
 	$(PY) -m benchmarks.bench_data_path
+	$(PY) -m benchmarks.bench_data_sources
 	$(PY) -m benchmarks.bench_vs_timm
 	$(PY) -m benchmarks.profile_vs_timm
 	$(PY) -m benchmarks.bench_compile

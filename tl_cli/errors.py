@@ -73,7 +73,10 @@ def describe(ex: BaseException) -> tuple[str, int]:
             return one_line(str(choose_from(noun, value, ex.options))), EXIT_USAGE
         return one_line(str(ex).split("\n")[0]), EXIT_USAGE
     if isinstance(ex, OverrideParseException):
-        return one_line(f"cannot parse override: {str(ex).splitlines()[0]}"), EXIT_USAGE
+        first = str(ex).splitlines()[0]
+        # Hydra reads {a..b} as a dict: a brace pattern (data=webdataset shards) must be quoted
+        hint = "; quote brace patterns: \"data.train='shards/train-{000000..000009}.tar'\"" if "'{'" in first else ""
+        return one_line(f"cannot parse override: {first}{hint}"), EXIT_USAGE
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))
@@ -98,11 +101,24 @@ def describe(ex: BaseException) -> tuple[str, int]:
             ),
             EXIT_USAGE,
         )
+    own = _spawned_tlcli_error(ex)
+    if own:
+        return one_line(own), EXIT_USAGE
     first = str(ex).strip().splitlines()[0] if str(ex).strip() else ""
     return (
         one_line(f"{type(ex).__name__}: {first} (rerun with TLCLI_DEBUG=1 for the full traceback)"),
         EXIT_FAILURE,
     )
+
+
+def _spawned_tlcli_error(ex: BaseException) -> str | None:
+    """The message of a TlcliError raised in a process torch.multiprocessing spawned (a ddp_spawn rank): the
+    parent gets only the child's traceback as text, whose last line is '<module>.<Error>: <message>'."""
+    if type(ex).__name__ != "ProcessRaisedException":
+        return None
+    last = str(ex).strip().splitlines()[-1] if str(ex).strip() else ""
+    found = re.match(r"tl_cli\.[\w.]*\.(?:TlcliError|UnreadableSplit|BadSample|MissingExtra): (.+)", last)
+    return found.group(1) if found else None
 
 
 def report(ex: BaseException) -> int:

@@ -32,6 +32,8 @@ ONNX = Feature("tlcli export format=onnx", "onnx and onnxruntime", "export", ("o
 TENSORBOARD = Feature("logger=tensorboard", "tensorboard", "tensorboard", ("tensorboard",))
 MLFLOW = Feature("logger=mlflow", "mlflow-skinny", "trackers", ("mlflow",))
 WANDB = Feature("logger=wandb", "wandb", "trackers", ("wandb",))
+HF = Feature("data=hf", "datasets", "hf", ("datasets",))
+WEBDATASET = Feature("data=webdataset", "webdataset", "webdataset", ("webdataset",))
 
 
 def _plugin(usage: str, package: str, extra: str, *modules: str) -> Feature:
@@ -58,7 +60,9 @@ LOGGER_TARGETS: dict[str, Feature] = {
     "lightning.pytorch.loggers.WandbLogger": WANDB,
     "lightning.pytorch.loggers.wandb.WandbLogger": WANDB,
 }
-FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, *PLUGINS.values())
+# Data sources (data=<name>) that need an extra.
+DATA_SOURCES: dict[str, Feature] = {"hf": HF, "webdataset": WEBDATASET}
+FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, HF, WEBDATASET, *PLUGINS.values())
 
 
 def require(feature: Feature) -> None:

@@ -89,6 +89,16 @@ CASES = {
         ("train", "logger=mlflow", *SMOKE),
         "logger=mlflow needs mlflow-skinny; pip install 'tlcli[trackers]'",
     ),
+    "hf": (
+        ("datasets",),
+        ("train", "data=hf", "data.dataset=someone/data", *SMOKE),
+        "data=hf needs datasets; pip install 'tlcli[hf]'",
+    ),
+    "webdataset": (
+        ("webdataset",),
+        ("train", "data=webdataset", "data.train=shards.tar", *SMOKE),
+        "data=webdataset needs webdataset; pip install 'tlcli[webdataset]'",
+    ),
     "wandb": (
         ("wandb",),
         ("train", "logger=wandb", *SMOKE),
@@ -118,6 +128,7 @@ def test_core_alone_trains_and_exports_without_onnx(tmp_path: Path) -> None:
     """train and export format=torchscript need no extra: every optional distribution is left out."""
     optional = ("onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "hydra-joblib-launcher")
     optional += ("hydra-submitit-launcher", "submitit", "SQLAlchemy", "alembic", "mlflow-skinny", "wandb")
+    optional += ("datasets", "webdataset")
     result = tlcli_without(tmp_path, optional, "train", *SMOKE, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = result.stdout.strip().splitlines()[-1].removeprefix("run_dir: ")

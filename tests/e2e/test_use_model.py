@@ -180,9 +180,11 @@ def test_train_export_predict(cli, export, work: Path, images: list[Path]) -> No
         "predict", f"ckpt={work / 'export' / 'model.safetensors'}", f"inputs={folder}", "topk=3", f"output={out}"
     )
     assert last_line(result, "predictions") == out
-    assert "predicted 6 images, skipped 3 unreadable files" in result.stdout
-    for bad in ("notes.txt", "empty.png", "truncated.png"):
+    assert "predicted 6 images, skipped 2 unreadable files" in result.stdout
+    for bad in ("empty.png", "truncated.png"):
         assert f"skipped {folder / bad}" in result.stderr
+    assert f"ignored 1 file(s) under inputs={folder} that are not images" in result.stderr  # the same set as train
+    assert str(folder / "notes.txt") in result.stderr
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "label", "score", "topk_labels", "topk_scores"]

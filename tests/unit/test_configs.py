@@ -135,7 +135,9 @@ def test_command_help_shows_only_its_own_keys(command: str) -> None:
     assert all(f"{key}:" in text for key in (f.name for f in dataclasses.fields(COMMANDS[command])))
     for train_only in ("strategy:", "optim:", "trainer:", "experiment:", "model:", "callbacks:"):
         assert train_only not in text, train_only
-    assert ("data: digits, fashion_mnist, image_folder, synthetic" in text) == (command == "eval")
+    assert ("data: csv, custom, digits, fashion_mnist, hf, image_folder, synthetic, webdataset" in text) == (
+        command == "eval"
+    )
 
 
 def test_train_help_lists_the_strategies_and_when_to_use_them() -> None:

@@ -18,10 +18,12 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 # Distributions only an extra may bring: one command or option needs each.
 OPTIONAL = {
     "onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "sqlalchemy", "alembic",
-    "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit", "mlflow-skinny", "wandb",
+    "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit", "mlflow-skinny", "wandb", "datasets", "webdataset",
 }  # fmt: skip
 # Third-party modules tl_cli or benchmarks import only on an optional path, and the extra that declares them.
-OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export", "skimage": "dev"}
+OPTIONAL_IMPORTS = {
+    "onnx": "export", "onnxruntime": "export", "skimage": "dev", "datasets": "hf", "webdataset": "webdataset",
+}  # fmt: skip
 
 
 def _name(requirement: str) -> str:
@@ -55,7 +57,7 @@ def test_core_dependencies_leave_out_the_optional_packages() -> None:
 def test_all_gathers_every_extra_and_dev_includes_all() -> None:
     extras = _project()["optional-dependencies"]
     features = set(extras) - {"all", "dev"}
-    assert features >= {"export", "optuna", "launchers", "tensorboard", "trackers"}, features
+    assert features >= {"export", "optuna", "launchers", "tensorboard", "trackers", "hf", "webdataset"}, features
     assert _self_extras(extras["all"]) == features
     assert "all" in _self_extras(extras["dev"])
     optional_declared = set().union(*(_extras()[e] for e in features))

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
+from tl_cli.data.images import report_non_images, visible_files
 from tl_cli.errors import TlcliError
 from tl_cli.run.trained import Inference, device_of, inference_for, load_model, require
 from tl_cli.transfer.speed import resolve_workers
@@ -105,7 +106,9 @@ def write_predictions(
 
 
 def collect_inputs(inputs: str | Iterable[str]) -> list[str]:
-    """Files named by `inputs`: files, folders (recursive, hidden entries skipped), globs, or a list of those."""
+    """Files named by `inputs`: files, folders (recursive, hidden entries skipped), globs, or a list of those.
+    Folders and globs give their image files (tl_cli/data/images.py, as training reads them); the others are
+    reported once. A file named on its own is always tried."""
     items = [str(i) for i in inputs] if isinstance(inputs, (list, tuple, ListConfig)) else [str(inputs)]
     found: dict[str, None] = {}  # ordered set
     for item in items:
@@ -113,13 +116,10 @@ def collect_inputs(inputs: str | Iterable[str]) -> list[str]:
         if path.is_file():
             matches = [str(path)]
         elif path.is_dir():
-            matches = [
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            ]
+            matches = [str(p) for p in report_non_images(visible_files(path), f"inputs={item}")]
         elif glob.has_magic(item):
-            matches = [p for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
+            files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
+            matches = [str(p) for p in report_non_images(files, f"inputs={item}")]
         else:
             raise TlcliError(
                 f"inputs={item} does not exist; pass an image file, a folder or a glob like 'photos/*.jpg'"

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.extras import DATA_SOURCES, require
 from tl_cli.transfer import speed
 from tl_cli.transfer.strategies import get_strategy
 
@@ -40,6 +41,9 @@ def check_config(cfg: DictConfig) -> None:
     check_finetune_options(cfg)
     check_freeze_epochs(cfg)
     check_imbalance_options(cfg.data)
+    if cfg.data.name in DATA_SOURCES:  # before any backbone or data is built
+        require(DATA_SOURCES[cfg.data.name])
+    check_streaming(cfg)
     check_monitors(cfg.callbacks)
     check_trainer_keys(cfg.trainer)
     check_step_options(cfg.trainer)
@@ -108,6 +112,24 @@ def check_imbalance_options(data: DictConfig) -> None:
             "data.class_weights=balanced does not apply to data.mixup/data.cutmix's soft targets; "
             "use data.sampler=balanced instead, or data.mixup=0 data.cutmix=0"
         )
+
+
+def check_streaming(cfg: DictConfig) -> None:
+    """What cannot work on a stream of shards (data=webdataset), refused before any work."""
+    from tl_cli.data.stream import STREAMING, refusals
+
+    if cfg.data.name not in STREAMING:
+        return
+    why = refusals(cfg.data)
+    if why is None and cfg.strategy.name == "auto":
+        why = "strategy=auto subsamples indexed splits, not a stream; pick a strategy, or use data=csv or data=hf"
+    if why:
+        raise TlcliError(f"data={cfg.data.name}: {why}")
+    devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)
+    if str(cfg.trainer.get("strategy", "auto")).startswith("ddp") and isinstance(devices, int) and cfg.data.train:
+        from tl_cli.data.stream import ShardSplit, check_shards
+
+        check_shards(ShardSplit(str(cfg.data.train), 0), devices * (nodes if isinstance(nodes, int) else 1))
 
 
 def check_monitors(callbacks: DictConfig | None) -> None:

@@ -68,9 +68,31 @@ class ModelConfig:
 
 
 @dataclass
+class SplitSizes:
+    """data=webdataset: samples per split, known beforehand (null: counted at start)."""
+
+    train: int | None = None
+    val: int | None = None
+    test: int | None = None
+
+
+@dataclass
 class DataConfig:
-    name: str = MISSING  # synthetic | digits | fashion_mnist | image_folder
-    root: str | None = None
+    name: str = MISSING  # synthetic | digits | fashion_mnist | image_folder | csv | hf | webdataset | custom
+    root: str | None = None  # image_folder: the folder; csv: base of relative paths (else each CSV's folder)
+    # csv: CSV files; webdataset: tar shards (paths or URLs, brace patterns); val/test optional (held out of train)
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+    path_column: str = "path"  # csv: the column of image paths
+    image_column: str = "image"  # hf: the Image column (else the table's only Image feature)
+    label_column: str = "label"  # csv, hf: the label column (hf: else the table's only ClassLabel feature)
+    dataset: str | None = None  # hf: a Hub id (from the local cache offline), a save_to_disk folder or a parquet folder
+    shuffle_buffer: int = 1000  # webdataset: samples shuffled in a buffer of this many
+    # webdataset: the sizes of train/val/test and the class names; with both set, the shards are not counted at start
+    split_sizes: SplitSizes = field(default_factory=lambda: SplitSizes())
+    class_names: list[str] | None = None
+    factory: str | None = None  # custom: module:function returning RawSplits (tl_cli/data/custom.py)
     batch_size: int = 64
     eval_batch_size: int | None = None
     num_workers: str = "auto"  # auto | N: DataLoader worker processes (auto: tl_cli/transfer/speed.py resolve_workers)

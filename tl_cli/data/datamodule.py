@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from torch.utils.data import (
     BatchSampler,
+    ChainDataset,
+    ConcatDataset,
     DataLoader,
     Dataset,
     RandomSampler,
@@ -23,13 +25,14 @@ from torch.utils.data import (
 )
 
 from tl_cli.data.datasets import (
-    FolderImages,
+    DecodedImages,
     RawSplits,
     UnreadableImage,
     UnreadableSplit,
-    build_dataset,
     report_unreadable,
 )
+from tl_cli.data.sources import build_dataset
+from tl_cli.data.stream import SampleDecoder, StreamSplits, check_shards, epoch_share, refusals, stream_dataset
 from tl_cli.data.transforms import BatchNormalize, build_transforms
 from tl_cli.errors import TlcliError
 
@@ -127,7 +130,7 @@ class TransformedSubset(Dataset):
 
     def _readable(self, i: int):
         """Sample i; when its file cannot be decoded, the next readable sample of this split (wrapping round):
-        batches keep their size, and the stand-in never comes from another split. FolderImages counts the file."""
+        batches keep their size, and the stand-in never comes from another split. DecodedImages counts the file."""
         i, first = range(len(self.indices))[i], None  # IndexError past the end: it ends `for x in subset`
         for step in range(len(self.indices)):
             try:
@@ -138,6 +141,16 @@ class TransformedSubset(Dataset):
             f"none of the {len(self.indices)} image files of a data split can be read (e.g. {first}); "
             f"replace or remove the unreadable files"
         )
+
+
+class StreamSplit:
+    """A split of shard streams: its size (split_sizes) now, its webdataset pipeline when a loader is made."""
+
+    def __init__(self, raw: StreamSplits, split: str, size: int) -> None:
+        self.raw, self.split, self.size = raw, split, size
+
+    def __len__(self) -> int:
+        return self.size
 
 
 def stratified_split(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
@@ -187,6 +200,7 @@ class TransferDataModule(L.LightningDataModule):
         self.notes: dict[str, str] = {}
         self.min_train_batches = 0  # set by the training run: optim.min_steps spread over its epochs
         self.train_labels = np.zeros(0, dtype=np.int64)  # class of each train sample, in split order
+        self.stream_label_map: dict[int, int] = {}  # data=webdataset: dataset class -> output index
 
     @property
     def num_classes(self) -> int:
@@ -196,6 +210,9 @@ class TransferDataModule(L.LightningDataModule):
         if self.splits:
             return
         raw = build_dataset(self.cfg, self.seed)
+        if isinstance(raw, StreamSplits):
+            self._prepare_streams(raw)
+            return
         keep_classes = self._selected_classes(raw)
         label_map = {old: new for new, old in enumerate(keep_classes)}
         self.classes = [raw.classes[c] for c in keep_classes]
@@ -225,7 +242,31 @@ class TransferDataModule(L.LightningDataModule):
         sizes = ", ".join(f"{s}={len(d)}" for s, d in self.splits.items())
         log.info("data %s: %d classes, %s", self.cfg.name, self.num_classes, sizes)
 
-    def _selected_classes(self, raw: RawSplits) -> list[int]:
+    def _prepare_streams(self, raw: StreamSplits) -> None:
+        """data=webdataset: no indices to subset or sample; sizes and train labels from the counts."""
+        why = refusals(self.cfg)
+        if why:
+            raise TlcliError(why)
+        keep_classes = self._selected_classes(raw)
+        if raw.counts is None and len(keep_classes) < len(raw.classes):
+            raise TlcliError("data.classes on shards needs the split sizes counted: unset data.split_sizes")
+        if raw.counts is None and self.cfg.get("class_weights") == "balanced":
+            raise TlcliError("data.class_weights=balanced on shards needs the classes counted: unset data.split_sizes")
+        self.stream_label_map = {old: new for new, old in enumerate(keep_classes)}
+        self.classes = [raw.classes[c] for c in keep_classes]
+        for split, shards in raw.splits.items():
+            size = int(raw.counts[split][keep_classes].sum()) if raw.counts else shards.size
+            if size == 0:
+                raise TlcliError(f"split {split} of data.{split}={shards.urls} has no samples of the chosen classes")
+            self.splits[split] = StreamSplit(raw, split, size)
+        if raw.counts is not None:
+            kept = raw.counts["train"][keep_classes]
+            self.train_labels = np.repeat(np.arange(len(keep_classes)), kept)
+        self.notes.update(raw.notes)
+        sizes = ", ".join(f"{s}={len(d)}" for s, d in self.splits.items())
+        log.info("data %s (streamed): %d classes, %s", self.cfg.name, self.num_classes, sizes)
+
+    def _selected_classes(self, raw: RawSplits | StreamSplits) -> list[int]:
         if not self.cfg.classes:
             return list(range(len(raw.classes)))
         selected = []
@@ -255,7 +296,9 @@ class TransferDataModule(L.LightningDataModule):
     def unreadable_files(self) -> int:
         """Distinct image files that failed to decode so far (in this process or its DataLoader workers);
         the first call that finds some logs the run's one warning about them."""
-        bases = {id(s.base): s.base for s in self.splits.values() if isinstance(s.base, FolderImages)}
+        bases = {
+            id(b): b for b in (getattr(s, "base", None) for s in self.splits.values()) if isinstance(b, DecodedImages)
+        }
         return report_unreadable([b.unreadable for b in bases.values()])
 
     def use_features(self, features: dict[str, Dataset]) -> None:
@@ -266,7 +309,30 @@ class TransferDataModule(L.LightningDataModule):
         """A split's images in order (no shuffling, nothing dropped), e.g. for feature extraction."""
         return self._loader(split, train=False, images=True)
 
+    def dataset(self, split: str) -> Dataset:
+        """A split's images through the eval transform, in order (eval); 'all': every split."""
+        if split == "all":
+            parts = [self.dataset(s) for s in self.splits]
+            return ChainDataset(parts) if isinstance(self.splits["train"], StreamSplit) else ConcatDataset(parts)
+        found = self.splits[split]
+        return self._stream(split, train=False) if isinstance(found, StreamSplit) else found
+
+    def _stream(self, split: str, train: bool, epoch_size: int = 0):
+        """The webdataset pipeline of a split: train shards split over ranks and workers, cut to `epoch_size`."""
+        found = self.splits[split]
+        world = self._rank_and_world(images=False)[1]
+        if train:
+            check_shards(found.raw.splits[split], world)
+        per_rank, per_worker = epoch_share(epoch_size or len(found), world, self.num_workers)
+        transform = self.train_transform if train else self.eval_transform
+        decoder = SampleDecoder(found.raw.lookup, self.stream_label_map, self.mode, transform)
+        shards = found.raw.splits[split]
+        pipeline = stream_dataset(shards, decoder, train, self.cfg.shuffle_buffer, self.seed, per_worker)
+        return pipeline.with_length(per_rank if train else len(found), silent=True)
+
     def _loader(self, split: str, train: bool, images: bool = False) -> DataLoader:
+        if isinstance(self.splits[split], StreamSplit):
+            return self._stream_loader(split, train)
         cached = split in self.features and not images
         dataset = self.features[split] if cached else self.splits[split]
         batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
@@ -294,6 +360,22 @@ class TransferDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def _stream_loader(self, split: str, train: bool) -> DataLoader:
+        """A loader over a shard stream: the stream shuffles and splits itself; no sampler."""
+        batch_size = self.cfg.batch_size if train else (self.cfg.eval_batch_size or self.cfg.batch_size)
+        world = self._rank_and_world(images=False)[1]
+        epoch_size = self.train_epoch_size(batch_size, world) if train else 0  # over all ranks
+        dataset = self._stream(split, train, epoch_size)
+        per_worker = epoch_share(epoch_size, world, self.num_workers)[1]
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            drop_last=train and per_worker % batch_size == 1,  # a last batch of one sample breaks BatchNorm
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 

@@ -10,7 +10,7 @@ import gzip
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tl_cli.errors import TlcliError, choose_from
+from tl_cli.data.images import IMAGE_EXTENSIONS, first_few, is_image_file, report_non_images, visible_files
+from tl_cli.errors import TlcliError
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,6 @@ def register_dataset(name: str) -> Callable:
         return fn
 
     return wrap
-
-
-def build_dataset(cfg, seed: int) -> RawSplits:
-    """Look up `cfg.name` in the registry and build its raw splits."""
-    if cfg.name not in DATASETS:
-        raise choose_from("dataset", cfg.name, DATASETS)
-    return DATASETS[cfg.name](cfg, seed)
 
 
 @register_dataset("synthetic")
@@ -154,16 +148,17 @@ def fashion_mnist(cfg, seed: int) -> RawSplits:
 def image_folder(cfg, seed: int) -> RawSplits:
     """root/<split>/<class>/<image> (splits: train, val, test), or a flat root/<class>/<image>."""
     if not cfg.root:
-        raise TlcliError("data=image_folder needs data.root=/path/to/images (root/<split>/<class>/<image>)")
+        raise TlcliError(f"data=image_folder needs data.root=/path/to/images ({FOLDER_LAYOUT})")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise TlcliError(f"data.root '{cfg.root}' does not exist; point it at root/<split>/<class>/<image>")
+        raise TlcliError(f"data.root '{cfg.root}' does not exist; point it at {FOLDER_LAYOUT}")
     found = {
         split: next((root / a for a in aliases if (root / a).is_dir()), None)
         for split, aliases in SPLIT_ALIASES.items()
     }
     if found["train"] is None:
         found = {"train": root, "val": None, "test": None}  # flat layout: hold out val and test
+    report_non_images(visible_files(root), f"data.root '{root}'")
     train = _open_folder(found["train"])
     class_to_idx = dict(train.reader.class_to_idx)
     empty = sorted(d.name for d in found["train"].iterdir() if d.is_dir() and d.name not in class_to_idx)
@@ -171,8 +166,7 @@ def image_folder(cfg, seed: int) -> RawSplits:
         raise TlcliError(f"class folder '{found['train'] / empty[0]}' has no images; add images or remove it")
     if len(class_to_idx) < 2:
         raise TlcliError(
-            f"data.root '{found['train']}' has {len(class_to_idx)} class folder(s); need at least 2 "
-            f"(root/<split>/<class>/<image>)"
+            f"data.root '{found['train']}' has {len(class_to_idx)} class folder(s); need at least 2 ({FOLDER_LAYOUT})"
         )
     splits = RawSplits(classes=sorted(class_to_idx, key=class_to_idx.get))
     for split, folder in found.items():
@@ -186,16 +180,24 @@ def image_folder(cfg, seed: int) -> RawSplits:
                     f"every split needs the same class folders"
                 )
         ds = train if split == "train" else _open_folder(folder, class_to_idx)
-        labels = np.array([target for _, target in ds.reader.samples], dtype=np.int64)
-        if len(labels) == 0:
+        if len(ds) == 0:
             raise TlcliError(f"no images found under '{folder}'; expected <class>/<image> files")
-        check_classes_readable(ds, folder, labels, splits.classes)
-        splits.add(split, ds, labels)
+        check_classes_readable(ds, folder, splits.classes)
+        splits.add(split, ds, ds.labels)
     return splits
 
 
+FOLDER_LAYOUT = "root/<split>/<class>/<image> or root/<class>/<image>"
+
+
 def _open_folder(folder: Path, class_map: dict | None = None) -> FolderImages:
-    """The <class>/<image> files of a folder, with tlcli's error for an empty folder."""
+    """The <class>/<image> files of a folder, with tlcli's errors for an empty folder and for loose images."""
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith("."))
+    if loose:
+        raise TlcliError(
+            f"'{folder}' has {len(loose)} image file(s) outside class folders ({first_few(loose)}); "
+            f"expected {FOLDER_LAYOUT}: move each image into a folder named after its class"
+        )
     try:
         return FolderImages(folder, class_map)
     except RuntimeError as ex:
@@ -222,10 +224,10 @@ class UnreadableSplit(TlcliError):
         super().__init__(last.split(f"{type(self).__name__}: ", 1)[-1])
 
 
-def decode(path: str, draft: bool = False) -> Image.Image:
-    """The image at `path` as decoded RGB pixels (what timm's ImageDataset served). draft: JPEGs at 1/8 scale,
-    for a readability check (truncation still fails: every coefficient is read)."""
-    with Image.open(path) as image:
+def decode(opened: Image.Image, draft: bool = False) -> Image.Image:
+    """An opened image as decoded RGB pixels (a GIF's first frame). draft: JPEGs at 1/8 scale, for a readability
+    check (truncation still fails: every coefficient is read)."""
+    with opened as image:
         if draft:
             image.draft(None, (1, 1))
         return image.convert("RGB")
@@ -233,14 +235,14 @@ def decode(path: str, draft: bool = False) -> Image.Image:
 
 @dataclass(eq=False)
 class Unreadable:
-    """Which files of one folder failed to decode. The flags are in shared memory: DataLoader workers (forked or
-    spawned) set them, the main process counts them; one flag per file, so a file counts once however many
+    """Which samples of one source failed to decode. The flags are in shared memory: DataLoader workers (forked or
+    spawned) set them, the main process counts them; one flag per sample, so a file counts once however many
     epochs and workers meet it. Holds no reference to its dataset (the finalizer below needs that)."""
 
-    folder: Path
-    samples: list = field(repr=False)  # the reader's (path, class index) list
+    folder: Path | str
+    samples: Sequence = field(repr=False)  # (name, class index) per sample: a file path, or a row of a table
     flags: torch.Tensor = field(repr=False)
-    owner: int = 0  # pid of the process that listed the folder: only it reports
+    owner: int = 0  # pid of the process that listed the samples: only it reports
     reported: bool = False
 
     def count(self) -> int:
@@ -256,41 +258,65 @@ class Unreadable:
             report_unreadable([self])
 
 
-class FolderImages(Dataset):
-    """(RGB PIL image, label) samples of root/<class>/<image>, listed by timm's folder reader. Files are decoded
-    when served, not checked up front (start-up does not grow with the folder); one that cannot be decoded
-    raises UnreadableImage and is flagged in `unreadable`, so later epochs skip it without decoding it again."""
+class DecodedImages(Dataset):
+    """(RGB PIL image, label) samples decoded when served, not checked up front (start-up does not grow with the
+    data); one that cannot be decoded raises UnreadableImage and is flagged in `unreadable`, so later epochs skip
+    it without decoding it again. Subclasses set `samples` ((name, label) per sample) and define `_open`."""
+
+    def __init__(self, where: Path | str, samples: Sequence, labels: np.ndarray) -> None:
+        self.samples, self.labels = samples, np.asarray(labels, dtype=np.int64)
+        flags = torch.zeros(len(self.labels), dtype=torch.bool).share_memory_()
+        self.unreadable = Unreadable(where, samples, flags, os.getpid())
+        weakref.finalize(self, self.unreadable.report_at_end)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
+        return self.load(index), int(self.labels[index])
+
+    def _open(self, index: int) -> Image.Image:
+        """Sample `index` as an opened (lazily decoded) PIL image."""
+        raise NotImplementedError
+
+    def load(self, index: int, draft: bool = False) -> Image.Image:
+        name = self.samples[index][0]
+        if self.unreadable.flags[index]:
+            raise UnreadableImage(name)
+        try:
+            return decode(self._open(index), draft)
+        except DECODE_ERRORS as ex:
+            self.unreadable.flags[index] = True
+            log.debug("unreadable image %s: %s", name, ex)
+            raise UnreadableImage(name) from None
+
+
+class FileImages(DecodedImages):
+    """Image files listed as (path, class index) pairs (a CSV's rows)."""
+
+    def __init__(self, where: Path | str, samples: list[tuple[str, int]]) -> None:
+        super().__init__(where, samples, np.array([target for _, target in samples], dtype=np.int64))
+
+    def _open(self, index: int) -> Image.Image:
+        return Image.open(self.samples[index][0])
+
+
+class FolderImages(FileImages):
+    """root/<class>/<image> files of every format in IMAGE_EXTENSIONS, listed by timm's folder reader."""
 
     def __init__(self, folder: Path, class_map: dict | None = None) -> None:
         from timm.data.readers.reader_image_folder import ReaderImageFolder
 
-        self.reader = ReaderImageFolder(str(folder), class_map=class_map or "")
-        flags = torch.zeros(len(self.reader.samples), dtype=torch.bool).share_memory_()
-        self.unreadable = Unreadable(folder, self.reader.samples, flags, os.getpid())
-        weakref.finalize(self, self.unreadable.report_at_end)
-
-    def __len__(self) -> int:
-        return len(self.reader.samples)
-
-    def __getitem__(self, index: int) -> tuple[Image.Image, int]:
-        return self.load(index), int(self.reader.samples[index][1])
-
-    def load(self, index: int, draft: bool = False) -> Image.Image:
-        path = self.reader.samples[index][0]
-        if self.unreadable.flags[index]:
-            raise UnreadableImage(path)
-        try:
-            return decode(path, draft)
-        except DECODE_ERRORS as ex:
-            self.unreadable.flags[index] = True
-            log.debug("unreadable image file %s: %s", path, ex)
-            raise UnreadableImage(path) from None
+        # timm's reader takes its extension list as input_key ("a;b;c") and matches it case-insensitively
+        self.reader = ReaderImageFolder(str(folder), class_map=class_map or "", input_key=";".join(IMAGE_EXTENSIONS))
+        super().__init__(folder, self.reader.samples)
 
 
-def check_classes_readable(ds: FolderImages, folder: Path, labels: np.ndarray, classes: list[str]) -> None:
-    """Decode each class's files in order until one reads. A class (or split) none of whose files can be read
-    fails here, in one line, instead of silently never being trained on. A healthy folder costs one small
+def check_classes_readable(ds: DecodedImages, where: object, classes: list[str]) -> None:
+    """Decode each class's samples in order until one reads. A class (or split) none of whose samples can be read
+    fails here, in one line, instead of silently never being trained on. A healthy source costs one small
     decode per class: start-up grows with the classes, not the files. Failures found are counted as usual."""
+    labels = ds.labels
     pending = set(np.unique(labels).tolist())
     for index, target in enumerate(labels.tolist()):
         if target not in pending:
@@ -306,8 +332,8 @@ def check_classes_readable(ds: FolderImages, folder: Path, labels: np.ndarray, c
     members = np.flatnonzero(labels == bad)
     ds.unreadable.reported = True  # the error says it; no warning about these files at exit as well
     raise TlcliError(
-        f"none of the {len(members)} image files of class '{classes[bad]}' under '{folder}' can be read "
-        f"(e.g. {ds.reader.samples[int(members[0])][0]}); replace them or remove the class folder"
+        f"none of the {len(members)} image files of class '{classes[bad]}' under '{where}' can be read "
+        f"(e.g. {ds.samples[int(members[0])][0]}); replace them or remove the class"
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from tl_cli.errors import TlcliError
 from tl_cli.run.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
@@ -350,8 +350,7 @@ def build_split(data_cfg: DictConfig, model: TrainedModel, seed: int, split: str
     from tl_cli.data.datamodule import make_datamodule
 
     datamodule = make_datamodule(data_cfg, dict(model.data_config), seed)
-    splits = datamodule.splits
-    dataset = ConcatDataset(list(splits.values())) if split == "all" else splits[split]
+    dataset = datamodule.dataset(split)
     if len(dataset) == 0:
         raise TlcliError(f"split={split} of data={data_cfg.name} is empty; pick another split")
     log.info("%s/%s: %d images, %d classes", data_cfg.name, split, len(dataset), len(datamodule.classes))

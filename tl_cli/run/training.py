@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tl_cli.config.checks import check_config, instantiate_group
 from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
 from tl_cli.data.features import cache_decision, cached_feature_splits
+from tl_cli.data.stream import STREAMING
 from tl_cli.errors import TlcliError
 from tl_cli.run.checkpoint_io import DirectCheckpointIO
 from tl_cli.run.resume import mark_started
@@ -236,6 +237,8 @@ def attach_feature_cache(
     `splits`: only these (a fit that never tests needs no test features)."""
     mixing = bool(cfg.data.get("mixup") or cfg.data.get("cutmix"))
     use_cache, why = cache_decision(cfg.data.cache_features, job.strategy.train_backbone, cfg.data.augment, mixing)
+    if use_cache and cfg.data.name in STREAMING:  # data.cache_features=true on a stream is refused by check_config
+        use_cache, why = False, f"data={cfg.data.name} streams its samples; there is no index to cache features by"
     log.info("feature cache %s: %s", "on" if use_cache else "off", why)
     if not use_cache:
         return False

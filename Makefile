@@ -124,7 +124,7 @@ study: install fashion-mnist
 
 study-full: install fashion-mnist
 	$(MAKE) --no-print-directory study-runs STUDY_DOCS=docs/study
-	$(PY) -m tl_cli.reporting.study_doc docs/study.md README.md
+	$(PY) -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md
 
 study-smoke: install
 	$(TLCLI) train -m experiment=study_smoke

@@ -170,14 +170,15 @@ def test_feature_sweep_table_compares_each_option_with_the_baseline_over_seeds(t
 
 
 def test_committed_study_doc_and_readme_match_the_committed_evidence() -> None:
-    """docs/study.md's and README.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc
+    """docs/study.md's and docs/strategies-and-auto.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc
     after a study)."""
     from tl_cli.reporting.study_doc import update, update_readme
 
     root = Path(__file__).parents[2]
-    fix = "python -m tl_cli.reporting.study_doc docs/study.md README.md"
+    fix = "python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md"
     assert update(root / "docs" / "study.md", check=True), f"docs/study.md is out of date: {fix}"
-    assert update_readme(root / "README.md", root / "docs", check=True), f"README.md is out of date: {fix}"
+    page = root / "docs" / "strategies-and-auto.md"
+    assert update_readme(page, root / "docs", check=True), f"docs/strategies-and-auto.md is out of date: {fix}"
 
 
 def test_readme_blocks_are_rewritten_between_their_markers(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ Each sweep folder holds what `tlcli report` and `python -m tl_cli.reporting.prob
 report.csv, probe_check.csv) plus the Makefile's wall times (wall_times.txt). This module turns them into the
 markdown between the markers below, so every figure in docs/study.md can be traced to a file and cannot drift:
 
-    python -m tl_cli.reporting.study_doc docs/study.md README.md   # rewrite the generated parts
-    python -m tl_cli.reporting.study_doc docs/study.md README.md --check   # exit 1 when out of date (tested)
+    python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md   # rewrite the generated parts
+    python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md --check   # exit 1 when out of date (tested)
 
-README.md gets named blocks (`readme_blocks`) between `<!-- study_doc: NAME -->` and `<!-- study_doc: end NAME -->`.
+docs/strategies-and-auto.md gets named blocks (`readme_blocks`) between `<!-- study_doc: NAME -->` and `<!-- study_doc: end NAME -->`.
 """
 
 from __future__ import annotations

@@ -55,7 +55,8 @@ def main() -> None:
             names = list(VARIANTS) if round_ % 2 == 0 else list(reversed(VARIANTS))
             for name in names:
                 overrides, threads = VARIANTS[name]
-                results[name].append(run(overrides, threads, args.epochs, Path(tmp) / f"{round_}-{len(results)}"))
+                out = Path(tmp) / f"{round_}-{list(VARIANTS).index(name)}"  # a fresh folder per run
+                results[name].append(run(overrides, threads, args.epochs, out))
     print(f"# data-parallel on CPU with gloo ({machine()}), {args.epochs} epochs, {args.repeats} rounds\n")
     rows = [
         [

@@ -153,9 +153,13 @@ def several_processes(trainer_cfg) -> bool:
     return False
 
 
+# rank 0's resume decision (a checkpoint, or "" for a fresh start), handed to the ranks Lightning's launcher starts
+# (they inherit its environment): a rank that looked at the run dir itself could see rank 0's new config.sha
+# beside an older run's last.ckpt and resume alone
+RESUME_ENV = "TLCLI_RESUME_FROM"
 # what Lightning's launcher sets in the launching process; left set, the next job would take them for ranks
 # started by someone else and start none of its own
-LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", RESUME_ENV)
 
 
 @contextmanager
@@ -164,17 +168,19 @@ def job_scope() -> Iterator[None]:
     process group is destroyed and the launch variables restored, so the next job of a sweep in this process
     starts ranks and a group of its own (Lightning reuses an initialized group). Ranks that torchrun or srun
     started stay together for every job, and keep theirs."""
-    saved = {var: os.environ.get(var) for var in LAUNCH_VARS}
+    external = launcher() is not None
+    restore = (RESUME_ENV,) if external else LAUNCH_VARS
+    saved = {var: os.environ.get(var) for var in restore}
     try:
         yield
     finally:
-        if launcher() is None:
+        if not external:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()
-            for var, value in saved.items():
-                if value is None:
-                    os.environ.pop(var, None)
-                else:
-                    os.environ[var] = value
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value

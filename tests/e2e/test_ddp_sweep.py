@@ -52,6 +52,27 @@ def test_devices_2_gives_one_run_dir(tlcli, tmp_path: Path) -> None:
     assert result.stdout.count("run_dir:") == 1
     summary = summary_of(run)
     assert summary["split_sizes"] == {"train": 128, "val": 32, "test": 32}
+    # resume on 2 ranks: a third epoch of ceil(20 / 3) = 7 steps continues from last.ckpt, in the same run dir
+    resumed = run_dir_of(tlcli("train", f"resume={run}", "trainer.max_epochs=3", env=ONE_THREAD))
+    assert resumed == run == _assert_one_run(tmp_path / "outputs")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 27
+    assert summary_of(run)["epochs"] == 3
+
+
+def test_ddp_ranks_agree_on_resuming_and_on_their_validation_steps(tlcli, tmp_path: Path) -> None:
+    """Two ways ranks used to part and hang. (1) A run dir holding another config's finished run: rank 0 starts
+    afresh and writes its config.sha beside the old last.ckpt; a rank that decided for itself would then resume.
+    (2) 65 val images (odd) on 2 ranks of a BatchNorm model at 32 a batch: 33 and 32 would be 2 and 1 batches,
+    and DDP's forward syncs BatchNorm buffers in every step, validation too."""
+    out = tmp_path / "run"
+    run_dir_of(tlcli("train", "experiment=smoke", "trainer.accelerator=cpu", f"hydra.run.dir={out}", env=ONE_THREAD))
+    uneven = ["data.num_classes=5", "data.samples_per_split=[16,13,4]", "data.eval_batch_size=32"]
+    two = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=1", f"hydra.run.dir={out}"]
+    run = run_dir_of(tlcli("train", "experiment=smoke", *uneven, *two, env=ONE_THREAD, timeout=300))
+    summary = summary_of(run)
+    assert summary["split_sizes"] == {"train": 80, "val": 65, "test": 20} and summary["epochs"] == 1
+    # a fresh start: 80 images at 32 x 2 ranks is 2 steps (1 had it resumed the old run's 4 steps)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 def test_ddp_sweep_relaunches_only_the_current_job(tlcli, tmp_path: Path) -> None:

@@ -170,8 +170,8 @@ def test_feature_sweep_table_compares_each_option_with_the_baseline_over_seeds(t
 
 
 def test_committed_study_doc_and_readme_match_the_committed_evidence() -> None:
-    """docs/study.md's and docs/strategies-and-auto.md's tables are exactly what docs/study/<sweep>/*.csv give (rerun study_doc
-    after a study)."""
+    """docs/study.md's and docs/strategies-and-auto.md's tables are exactly what docs/study/<sweep>/*.csv give
+    (rerun study_doc after a study)."""
     from tl_cli.reporting.study_doc import update, update_readme
 
     root = Path(__file__).parents[2]

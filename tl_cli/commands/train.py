@@ -13,7 +13,7 @@ from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import require_targets
 from tl_cli.ranks import job_scope, several_processes
 from tl_cli.run.command import quiet_framework_noise, run_dir
-from tl_cli.run.resume import resume_state
+from tl_cli.run.resume import hand_down, resume_state
 from tl_cli.run.rundir import RunDir
 from tl_cli.run.training import fit_run, load_best, score_on_test, write_run
 
@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> float:
         log.info("already finished with this config, skipping: %s (delete its summary.json to rerun)", run.path)
         _print_result(state.finished["metrics"], run.path)
         return _optimized(cfg, state.finished["metrics"])
+    hand_down(state)
     racing = uses_race(cfg)
     if racing:  # strategy=auto's race: candidates first, then the winner fitted in this run dir
         from tl_cli.run import race

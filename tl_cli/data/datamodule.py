@@ -11,13 +11,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
 from torch.utils.data import (
     BatchSampler,
     ChainDataset,
     ConcatDataset,
     DataLoader,
     Dataset,
+    DistributedSampler,
     RandomSampler,
     Sampler,
     SequentialSampler,
@@ -344,8 +344,10 @@ class TransferDataModule(L.LightningDataModule):
         rank, world = self._rank_and_world(images)
         if train:
             sampler: Sampler = self._train_sampler(dataset, self.train_epoch_size(batch_size, world), rank, world)
-        elif world > 1:  # each rank evaluates its share, nothing repeated: the synced metrics count each image once
-            sampler = UnrepeatedDistributedSamplerWrapper(SequentialSampler(dataset), world, rank, shuffle=False)
+        elif world > 1:
+            # each rank evaluates its share, padded by repeating up to world - 1 images: every rank must run as many
+            # steps, since DDP's forward syncs BatchNorm buffers in evaluation too
+            sampler = DistributedSampler(dataset, world, rank, shuffle=False)
         else:
             sampler = SequentialSampler(dataset)
         # a last batch of one sample breaks BatchNorm in training; drop only that case (the same on every rank)

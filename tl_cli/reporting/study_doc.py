@@ -5,9 +5,10 @@ report.csv, probe_check.csv) plus the Makefile's wall times (wall_times.txt). Th
 markdown between the markers below, so every figure in docs/study.md can be traced to a file and cannot drift:
 
     python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md   # rewrite the generated parts
-    python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md --check   # exit 1 when out of date (tested)
+    python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md --check   # 1 when out of date
 
-docs/strategies-and-auto.md gets named blocks (`readme_blocks`) between `<!-- study_doc: NAME -->` and `<!-- study_doc: end NAME -->`.
+docs/strategies-and-auto.md gets named blocks (`readme_blocks`) between `<!-- study_doc: NAME -->` and
+`<!-- study_doc: end NAME -->`.
 """
 
 from __future__ import annotations

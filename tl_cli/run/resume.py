@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tl_cli.errors import TlcliError
+from tl_cli.ranks import RESUME_ENV
 from tl_cli.run.rundir import CONFIG, CONFIG_SHA, LAST, RunDir
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
@@ -59,7 +61,11 @@ def config_sha(cfg: Any) -> str:
 
 
 def resume_state(cfg: Any, run: RunDir) -> ResumeState:
+    """What to do in this run dir; the extra ranks Lightning's launcher starts take rank 0's decision."""
     sha = config_sha(cfg)
+    inherited = os.environ.get(RESUME_ENV)
+    if inherited is not None:
+        return ResumeState(sha, None, inherited or None)
     if cfg.get("resume"):  # `tlcli train resume=<run dir>`: continue it, whatever it holds
         return ResumeState(sha, None, str(cfg.resume))
     summary = run.read_summary()
@@ -68,6 +74,11 @@ def resume_state(cfg: Any, run: RunDir) -> ResumeState:
     marker = run / CONFIG_SHA
     started_here = marker.is_file() and marker.read_text() == sha
     return ResumeState(sha, None, str(run.path) if started_here and (run / LAST).is_file() else None)
+
+
+def hand_down(state: ResumeState) -> None:
+    """Rank 0's decision, for the ranks Lightning's launcher will start (restored after the job: ranks.job_scope)."""
+    os.environ[RESUME_ENV] = state.resume_dir or ""
 
 
 def mark_started(run: RunDir, sha: str) -> None:

@@ -29,6 +29,10 @@ class EvalConfig:
     # 32 | bf16-mixed | 16-mixed force one (tl_cli/run/trained.py inference_for)
     precision: str = "auto"
     output_dir: str | None = None  # null: <run_dir>/eval
+    top_losses: int = 16  # images with the highest loss drawn in top_losses.png (and listed in metrics.json)
+    calibrate: bool = True  # also report ECE at the run's fitted temperature (ece_calibrated)
+    tta: bool = False  # average the softmax over tta_views of each image (tl_cli/run/tta.py)
+    tta_views: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # identity|hflip|vflip|hvflip
 
 
 @dataclass
@@ -42,6 +46,9 @@ class PredictConfig:
     num_workers: str = "auto"  # image decoding workers: auto (tl_cli/transfer/speed.py resolve_workers) or N
     device: str = "auto"
     precision: str = "auto"  # as eval's: auto (the run's, re-resolved for this device) | 32 | bf16-mixed | 16-mixed
+    calibrate: bool = True  # probabilities at the run's fitted temperature (calibration.json), when it has one
+    tta: bool = False  # average the softmax over tta_views of each image
+    tta_views: list[str] = field(default_factory=lambda: ["identity", "hflip"])
 
 
 @dataclass
@@ -52,6 +59,7 @@ class ExportConfig:
     output_dir: str | None = None  # null: <run_dir>/export
     opset: int = 17  # ONNX opset
     check_images: int = 16  # test-split images the parity check runs through both models
+    calibrate: bool = True  # embed the run's fitted temperature in the model's metadata and preprocess.json
 
 
 @dataclass

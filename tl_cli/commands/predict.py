@@ -1,6 +1,7 @@
 """`tlcli predict`: classify image files with a trained model, in batches, through its own eval transform.
 
-Files that cannot be read as images are reported, skipped and counted; they never stop the run.
+Files that cannot be read as images are reported, skipped and counted; they never stop the run. Scores are softmax
+probabilities at the run's fitted temperature (calibrate=false: the raw softmax); tta=true averages views.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import glob
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -18,14 +19,19 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
 from tl_cli.errors import TlcliError
-from tl_cli.run.trained import Inference, device_of, inference_for, load_model, require
+from tl_cli.run.calibration import calibrated_line
+from tl_cli.run.trained import device_of, inference_for, load_model, require
+from tl_cli.run.tta import combine, view_logits, views_of
 from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "label", "score", "topk_labels", "topk_scores")
 SEPARATOR = "|"  # joins the top-k labels and scores inside one CSV cell
-USAGE = "tlcli predict ckpt=<run dir or .ckpt> inputs=<image file, folder or glob> [topk=5] [output=preds.csv]"
+USAGE = (
+    "tlcli predict ckpt=<run dir or .ckpt> inputs=<image file, folder or glob> [topk=5] [output=preds.csv] "
+    "[tta=true] [calibrate=false]"
+)
 
 
 def main(cfg: DictConfig) -> int:
@@ -36,10 +42,17 @@ def main(cfg: DictConfig) -> int:
             raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
     device = device_of(cfg.device)
     workers = resolve_workers(cfg.num_workers, device.type, name="num_workers")
+    views = views_of(cfg.tta, cfg.tta_views)
     paths = collect_inputs(cfg.inputs)
     model = load_model(cfg.ckpt)
     inference = inference_for(cfg.precision, model, device)
     net = inference.prepare(model.net)
+    temperature = model.temperature if cfg.calibrate else None
+
+    def probabilities(images: torch.Tensor) -> torch.Tensor:
+        logits = view_logits(lambda x: inference.logits(net, x), images, views)
+        return combine(logits, temperature or 1.0).exp() if cfg.tta else model.probabilities(logits[0], cfg.calibrate)
+
     k = min(cfg.topk, len(model.classes))
     dataset = ImageFiles(paths, model.eval_transform(), model.image_mode)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate, shuffle=False)
@@ -48,7 +61,7 @@ def main(cfg: DictConfig) -> int:
     partial = output.with_name(output.name + ".partial")  # never leave a half-written CSV under the real name
 
     start = time.perf_counter()
-    done, skipped = write_predictions(loader, paths, net, model.classes, k, inference, partial)
+    done, skipped = write_predictions(loader, paths, probabilities, model.classes, k, partial)
     seconds = time.perf_counter() - start
     if not done:
         partial.unlink()
@@ -59,9 +72,11 @@ def main(cfg: DictConfig) -> int:
     partial.replace(output)
     print(
         f"predicted {done} images, skipped {len(skipped)} unreadable files, in {seconds:.2f} s "
-        f"({done / seconds:.1f} images/s) at precision={inference.precision}",
+        f"({done / seconds:.1f} images/s) at precision={inference.precision}"
+        + (f", tta over {'+'.join(views)}" if cfg.tta else ""),
         flush=True,
     )
+    print(calibrated_line(temperature, cfg.calibrate), flush=True)
     print(f"predictions: {output}", flush=True)
     return done
 
@@ -69,10 +84,9 @@ def main(cfg: DictConfig) -> int:
 def write_predictions(
     loader: DataLoader,
     paths: list[str],
-    net: torch.nn.Module,
+    probabilities: Callable[[torch.Tensor], torch.Tensor],
     classes: list[str],
     k: int,
-    inference: Inference,
     partial: Path,
 ) -> tuple[int, list[str]]:
     """Top-k rows of every readable image into the CSV `partial`; returns (images predicted, files skipped)."""
@@ -94,7 +108,7 @@ def write_predictions(
                 log.warning("skipped %s: %s", paths[index], reason)
                 skipped.append(paths[index])
             if images is not None:
-                scores, labels = inference.logits(net, images).softmax(dim=1).topk(k, dim=1)
+                scores, labels = probabilities(images).topk(k, dim=1)
                 for index, row_scores, row_labels in zip(indices, scores.tolist(), labels.tolist(), strict=True):
                     names = [classes[c] for c in row_labels]
                     top = (SEPARATOR.join(names), SEPARATOR.join(f"{s:.6f}" for s in row_scores))

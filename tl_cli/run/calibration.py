@@ -98,3 +98,10 @@ def read_temperature(folder: Path | None) -> float | None:
         log.warning("ignoring %s: no readable temperature in it", path)
         return None
     return value if value > 0 else None
+
+
+def calibrated_line(temperature: float | None, asked: bool) -> str:
+    """`calibrated: true|false (why)`: whether the scores are at the run's fitted temperature."""
+    if temperature is not None:
+        return f"calibrated: true (temperature {temperature:.4g}, fitted on the run's val split)"
+    return f"calibrated: false ({'the run has no fitted temperature' if asked else 'calibrate=false'})"

@@ -7,17 +7,17 @@ probabilities at the run's fitted temperature (calibrate=false: the raw softmax)
 from __future__ import annotations
 
 import csv
-import glob
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
+from tl_cli.data.inputs import ImageFiles, collate, collect_inputs, shown
 from tl_cli.errors import TlcliError
 from tl_cli.run.calibration import calibrated_line
 from tl_cli.run.trained import device_of, inference_for, load_model, require
@@ -67,7 +67,7 @@ def main(cfg: DictConfig) -> int:
         partial.unlink()
         raise TlcliError(
             f"none of the {len(paths)} input files could be read as an image (e.g. {skipped[0]}); "
-            f"check inputs={_shown(cfg.inputs)}"
+            f"check inputs={shown(cfg.inputs)}"
         )
     partial.replace(output)
     print(
@@ -116,60 +116,3 @@ def write_predictions(
                 done += len(indices)
             bar.update(len(indices) + len(bad))
     return done, skipped
-
-
-def collect_inputs(inputs: str | Iterable[str]) -> list[str]:
-    """Files named by `inputs`: files, folders (recursive, hidden entries skipped), globs, or a list of those."""
-    items = [str(i) for i in inputs] if isinstance(inputs, (list, tuple, ListConfig)) else [str(inputs)]
-    found: dict[str, None] = {}  # ordered set
-    for item in items:
-        path = Path(item).expanduser()
-        if path.is_file():
-            matches = [str(path)]
-        elif path.is_dir():
-            matches = [
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            ]
-        elif glob.has_magic(item):
-            matches = [p for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
-        else:
-            raise TlcliError(
-                f"inputs={item} does not exist; pass an image file, a folder or a glob like 'photos/*.jpg'"
-            )
-        found.update(dict.fromkeys(matches))
-    if not found:
-        raise TlcliError(f"inputs={_shown(inputs)} matches no files; pass an image file, a folder or a glob")
-    return list(found)
-
-
-class ImageFiles(Dataset):
-    """(index, image tensor or None, why not) per file: a bad file is a result, not an exception."""
-
-    def __init__(self, paths: list[str], transform, mode: str) -> None:
-        self.paths, self.transform, self.mode = paths, transform, mode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[index]) as image:
-                return index, self.transform(image.convert(self.mode)), ""
-        except Exception as ex:  # any decoder failure (corrupt, truncated, not an image) skips just this file
-            return index, None, " ".join(f"{type(ex).__name__}: {ex}".split())[:200]
-
-
-def collate(items: list[tuple[int, torch.Tensor | None, str]]):
-    """(indices of good files, their stacked images or None, [(index, reason)] of bad files)."""
-    good = [(i, image) for i, image, _ in items if image is not None]
-    bad = [(i, reason) for i, image, reason in items if image is None]
-    images = torch.stack([image for _, image in good]) if good else None
-    return [i for i, _ in good], images, bad
-
-
-def _shown(inputs: object) -> str:
-    return ",".join(str(i) for i in inputs) if isinstance(inputs, (list, tuple, ListConfig)) else str(inputs)

@@ -32,6 +32,7 @@ ONNX = Feature("tlcli export format=onnx", "onnx and onnxruntime", "export", ("o
 TENSORBOARD = Feature("logger=tensorboard", "tensorboard", "tensorboard", ("tensorboard",))
 MLFLOW = Feature("logger=mlflow", "mlflow-skinny", "trackers", ("mlflow",))
 WANDB = Feature("logger=wandb", "wandb", "trackers", ("wandb",))
+EXPLAIN = Feature("tlcli explain", "grad-cam (pytorch-grad-cam)", "explain", ("pytorch_grad_cam",))
 
 
 def _plugin(usage: str, package: str, extra: str, *modules: str) -> Feature:
@@ -58,7 +59,7 @@ LOGGER_TARGETS: dict[str, Feature] = {
     "lightning.pytorch.loggers.WandbLogger": WANDB,
     "lightning.pytorch.loggers.wandb.WandbLogger": WANDB,
 }
-FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, *PLUGINS.values())
+FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, EXPLAIN, *PLUGINS.values())
 
 
 def require(feature: Feature) -> None:

@@ -1,5 +1,5 @@
-"""Structured-config schemas of `tlcli eval`, `predict`, `export` and `lr-find`: typos and wrong types fail at
-composition.
+"""Structured-config schemas of `tlcli eval`, `predict`, `export`, `explain` and `lr-find`: typos and wrong types
+fail at composition.
 
 Kept import-light (no torch) so `tlcli eval --help` and `--cfg job` stay fast.
 """
@@ -63,6 +63,19 @@ class ExportConfig:
 
 
 @dataclass
+class ExplainConfig:
+    task_name: str = "explain"
+    ckpt: str = MISSING
+    images: Any = MISSING  # an image file, a folder (searched recursively), a glob, or a list of those
+    target: Any = None  # a class name (or index) to explain instead of each image's predicted class
+    layer: str | None = None  # a backbone module name; null: the ViT's last norm1, or a CNN's deepest >= 4x4 stage
+    output_dir: str | None = None  # null: <run_dir>/explain
+    batch_size: int = 16
+    device: str = "auto"
+    calibrate: bool = True  # titles show probabilities at the run's fitted temperature
+
+
+@dataclass
 class LrFindSettings:
     """Lightning's Tuner.lr_find arguments: an exponential sweep from min_lr to max_lr over num_training steps."""
 
@@ -87,9 +100,10 @@ def _added_keys(schema: type, base: type) -> DictConfig:
 
 
 def register_command_schemas() -> None:
-    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,lr_find}.yaml resolvable."""
+    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,explain,lr_find}.yaml resolvable."""
     store = ConfigStore.instance()
     store.store(name="eval_schema", node=EvalConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="explain_schema", node=ExplainConfig)
     store.store(name="lr_find_schema", node=_added_keys(LrFindConfig, TrainConfig))  # after `train` (lr_find.yaml)

@@ -51,7 +51,7 @@ def top_losses(
 
 def plot_top_losses(rows: list[dict[str, Any]], images: list[torch.Tensor], path: Path, title: str) -> None:
     """A grid of the images (as the model saw them, before normalization), each titled true / predicted / p."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(4, max(1, len(rows)))
     lines = max(1, -(-len(rows) // columns))
     fig, axes = plt.subplots(lines, columns, figsize=(3.1 * columns, 3.3 * lines + 0.4), squeeze=False)
@@ -92,7 +92,7 @@ def reliability(probs: torch.Tensor, targets: torch.Tensor) -> tuple[list[float]
 def plot_calibration(curves: dict[str, tuple[torch.Tensor, float]], targets: torch.Tensor, path: Path, title: str):
     """Reliability diagram: accuracy against confidence per bin for each probability set (label -> (probs, ECE)),
     the diagonal a perfectly calibrated model would follow, and how many images each bin holds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (diagram, counts) = plt.subplots(
         2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}, constrained_layout=True
     )
@@ -114,7 +114,7 @@ def _short(name: str) -> str:
     return name if len(name) <= 18 else name[:17] + "…"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from tl_cli.reporting.curves import plot_curves
-from tl_cli.run.calibration import calibrate, write_calibration
+from tl_cli.run.calibration import TEMPERATURE_RANGE, calibrate, write_calibration
 from tl_cli.run.rundir import CURVES, METRICS, RunDir
 
 if TYPE_CHECKING:
@@ -45,6 +45,13 @@ def fit_run_temperature(run: RunDir, job: TransferJob, trainer: L.Trainer) -> No
     logits, targets = val_logits(job, trainer)
     calibration = calibrate(logits, targets, "val")
     path = write_calibration(run.path, calibration)
+    if calibration.temperature in TEMPERATURE_RANGE:
+        log.warning(
+            "temperature %.4g is at its bound %s: the val split gives no finite optimum (e.g. every val image "
+            "right); more val images give a meaningful one, calibrate=false keeps the raw softmax",
+            calibration.temperature,
+            TEMPERATURE_RANGE,
+        )
     log.info(
         "temperature %.4g fitted on %d val images: ECE %.4f -> %.4f, NLL %.4f -> %.4f (%s)",
         calibration.temperature,

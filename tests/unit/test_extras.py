@@ -18,10 +18,10 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 # Distributions only an extra may bring: one command or option needs each.
 OPTIONAL = {
     "onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "sqlalchemy", "alembic",
-    "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit", "mlflow-skinny", "wandb",
+    "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit", "mlflow-skinny", "wandb", "grad-cam",
 }  # fmt: skip
 # Third-party modules tl_cli or benchmarks import only on an optional path, and the extra that declares them.
-OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export", "skimage": "dev"}
+OPTIONAL_IMPORTS = {"onnx": "export", "onnxruntime": "export", "skimage": "dev", "pytorch_grad_cam": "explain"}
 
 
 def _name(requirement: str) -> str:

@@ -51,13 +51,7 @@ USAGE = "tlcli eval ckpt=<run dir or .ckpt> [split=test|val|train|all] [data=<na
 def main(cfg: DictConfig) -> float:
     """Evaluate, write metrics.json, confusion_matrix.png, top_losses.png and calibration.png; returns the accuracy
     (for sweeps)."""
-    require(cfg, ("ckpt",), USAGE)
-    if cfg.split not in SPLITS:
-        raise choose_from("split", cfg.split, SPLITS)
-    for key, low in (("batch_size", 1), ("top_losses", 0)):
-        if cfg[key] < low:
-            raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
-    views = views_of(cfg.tta, cfg.tta_views)
+    views = check_settings(cfg)
     model = load_model(cfg.ckpt)
     device = device_of(cfg.device)
     inference = inference_for(cfg.precision, model, device)
@@ -114,6 +108,17 @@ def main(cfg: DictConfig) -> float:
         print(f"{name}: {out / report[name + '_png']}", flush=True)
     print(f"metrics: {path}", flush=True)
     return metrics["acc"]
+
+
+def check_settings(cfg: DictConfig) -> tuple[str, ...]:
+    """One-line errors for bad settings, before any work; returns the views to run."""
+    require(cfg, ("ckpt",), USAGE)
+    if cfg.split not in SPLITS:
+        raise choose_from("split", cfg.split, SPLITS)
+    for key, low in (("batch_size", 1), ("top_losses", 0)):
+        if cfg[key] < low:
+            raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
+    return views_of(cfg.tta, cfg.tta_views)
 
 
 def calibration_metrics(

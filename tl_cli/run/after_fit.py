@@ -16,18 +16,21 @@ from tl_cli.run.rundir import CURVES, METRICS, RunDir
 if TYPE_CHECKING:
     import lightning as L
 
-    from tl_cli.run.training import TransferJob
+    from tl_cli.data.datamodule import TransferDataModule
+    from tl_cli.transfer.module import TransferModule
 
 log = logging.getLogger(__name__)
 
 
-def see_run(run: RunDir, cfg: DictConfig, job: TransferJob, trainer: L.Trainer) -> None:
+def see_run(
+    run: RunDir, cfg: DictConfig, trainer: L.Trainer, module: TransferModule, datamodule: TransferDataModule
+) -> None:
     """curves.png, then (calibrate=true, the default) the temperature of the tested weights on val."""
     if not trainer.is_global_zero:
         return
     draw_curves(run, cfg)
     if cfg.get("calibrate", True):  # .get: a resumed run's config may predate the key
-        fit_run_temperature(run, job, trainer)
+        fit_run_temperature(run, trainer, module, datamodule)
 
 
 def draw_curves(run: RunDir, cfg: DictConfig) -> None:
@@ -37,12 +40,14 @@ def draw_curves(run: RunDir, cfg: DictConfig) -> None:
         log.warning("no %s with epoch rows in %s (logger removed?): no %s", METRICS, run.path, CURVES)
 
 
-def fit_run_temperature(run: RunDir, job: TransferJob, trainer: L.Trainer) -> None:
+def fit_run_temperature(
+    run: RunDir, trainer: L.Trainer, module: TransferModule, datamodule: TransferDataModule
+) -> None:
     """One temperature on the val split's logits, cached once (LBFGS on them costs milliseconds)."""
-    if len(job.datamodule.splits.get("val") or []) == 0:
+    if len(datamodule.splits.get("val") or []) == 0:
         log.info("no val split: no temperature fitted (predict and export print uncalibrated probabilities)")
         return
-    logits, targets = val_logits(job, trainer)
+    logits, targets = val_logits(trainer, module, datamodule)
     calibration = calibrate(logits, targets, "val")
     path = write_calibration(run.path, calibration)
     if calibration.temperature in TEMPERATURE_RANGE:
@@ -65,9 +70,10 @@ def fit_run_temperature(run: RunDir, job: TransferJob, trainer: L.Trainer) -> No
 
 
 @torch.no_grad()
-def val_logits(job: TransferJob, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
+def val_logits(
+    trainer: L.Trainer, module: TransferModule, datamodule: TransferDataModule
+) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits of the module's (tested) weights on the whole val split, as validation computes them."""
-    module, datamodule = job.module, job.datamodule
     device = trainer.strategy.root_device
     module.to(device).eval()
     logits, targets = [], []

@@ -362,5 +362,5 @@ def write_run(
         **extra,
     )
     run.write_summary(summary)
-    see_run(run, cfg, job, trainer)  # curves.png and the val temperature (calibration.json), global rank 0
+    see_run(run, cfg, trainer, job.module, job.datamodule)  # curves.png, calibration.json (global rank 0)
     return summary

@@ -93,6 +93,9 @@ def explain_batch(
         title = f"predicted: {model.classes[predicted[i]]} (p={probs[i, predicted[i]]:.2f})"
         if target is not None:
             title += f"   explained: {model.classes[target]} (p={probs[i, target]:.2f})"
+        empty = not cams[i].max() > 0  # Grad-CAM keeps positive evidence only: none at this layer
+        if empty:
+            title += "\n(no positive evidence at this layer: try layer=<an earlier stage>)"
         plot_overlay(images[i].cpu(), cams[i], png, title)
         records.append(
             {
@@ -101,6 +104,7 @@ def explain_batch(
                 "predicted": model.classes[predicted[i]],
                 "probability": round(float(probs[i, predicted[i]]), 6),
                 "explained": model.classes[explained[i]],
+                "empty_map": empty,
             }
         )
     return records

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "export": "write a trained run as a standalone onnx / torchscript / safetensors model",
     "report": "compare the runs of a sweep: report.md table, report.csv, report.png plots",
     "lr-find": "Lightning's LR range test on train's config: suggested optim.lr, lr_find.png",
+    "explain": "Grad-CAM heat maps of a trained run: one overlay PNG per image",
 }
 
 # The module whose `main(cfg)` runs each command; imported only when the command runs.
@@ -33,6 +34,7 @@ _MODULES: dict[str, str] = {
     "export": "tl_cli.commands.export",
     "report": "tl_cli.commands.report",
     "lr-find": "tl_cli.commands.lr_find",
+    "explain": "tl_cli.commands.explain",
 }
 
 USAGE = f"""tlcli {__version__}: transfer learning on timm backbones (Lightning + Hydra)
@@ -53,6 +55,7 @@ examples:
   tlcli export ckpt=<run dir> format=onnx         # <run dir>/export/model.onnx
   tlcli report <multirun dir>                     # report.md / .csv / .png comparing a sweep's runs
   tlcli lr-find strategy=finetune                 # suggested optim.lr=... for that train command
+  tlcli explain ckpt=<run dir> images=photos/     # <run dir>/explain/<image>.png heat maps
 """
 
 # The sweep folder of the `tlcli train -m` in progress, named after the sweep ends. Set in the launching

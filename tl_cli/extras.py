@@ -34,6 +34,7 @@ MLFLOW = Feature("logger=mlflow", "mlflow-skinny", "trackers", ("mlflow",))
 WANDB = Feature("logger=wandb", "wandb", "trackers", ("wandb",))
 HF = Feature("data=hf", "datasets", "hf", ("datasets",))
 WEBDATASET = Feature("data=webdataset", "webdataset", "webdataset", ("webdataset",))
+EXPLAIN = Feature("tlcli explain", "grad-cam (pytorch-grad-cam)", "explain", ("pytorch_grad_cam",))
 
 
 def _plugin(usage: str, package: str, extra: str, *modules: str) -> Feature:
@@ -62,7 +63,7 @@ LOGGER_TARGETS: dict[str, Feature] = {
 }
 # Data sources (data=<name>) that need an extra.
 DATA_SOURCES: dict[str, Feature] = {"hf": HF, "webdataset": WEBDATASET}
-FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, HF, WEBDATASET, *PLUGINS.values())
+FEATURES: tuple[Feature, ...] = (ONNX, TENSORBOARD, MLFLOW, WANDB, HF, WEBDATASET, EXPLAIN, *PLUGINS.values())
 
 
 def require(feature: Feature) -> None:

@@ -104,6 +104,11 @@ CASES = {
         ("train", "logger=wandb", *SMOKE),
         "logger=wandb needs wandb; pip install 'tlcli[trackers]'",
     ),
+    "explain": (
+        ("grad-cam",),
+        ("explain", "ckpt=<tmp>/no_run", "images=<tmp>/no_run"),
+        "tlcli explain needs grad-cam (pytorch-grad-cam); pip install 'tlcli[explain]'",
+    ),
 }
 
 
@@ -128,7 +133,7 @@ def test_core_alone_trains_and_exports_without_onnx(tmp_path: Path) -> None:
     """train and export format=torchscript need no extra: every optional distribution is left out."""
     optional = ("onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "hydra-joblib-launcher")
     optional += ("hydra-submitit-launcher", "submitit", "SQLAlchemy", "alembic", "mlflow-skinny", "wandb")
-    optional += ("datasets", "webdataset")
+    optional += ("datasets", "webdataset", "grad-cam")
     result = tlcli_without(tmp_path, optional, "train", *SMOKE, "trainer.max_epochs=1")
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = result.stdout.strip().splitlines()[-1].removeprefix("run_dir: ")

@@ -195,7 +195,10 @@ def test_train_export_predict(cli, export, work: Path, images: list[Path]) -> No
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     _, batch = through_eval_transform(work / "export" / "model.safetensors", images)
-    probs = torch.from_numpy(session.run(None, {"input": batch.numpy()})[0]).softmax(dim=1)
+    # predict's scores are calibrated: softmax(logits / the run's temperature, which export embeds)
+    temperature = json.loads((work / "export" / "preprocess.json").read_text())["temperature"]
+    assert temperature > 0 and "calibrated: true" in result.stdout
+    probs = (torch.from_numpy(session.run(None, {"input": batch.numpy()})[0]) / temperature).softmax(dim=1)
     for row, p in zip(rows, probs, strict=True):
         top = p.topk(3)
         assert row["topk_labels"].split("|") == [labels[i] for i in top.indices]

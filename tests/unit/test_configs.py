@@ -19,7 +19,7 @@ from tests.conftest import TLCLI
 from tests.conftest import compose as compose_train
 from tl_cli.cli import register_help_resolver
 from tl_cli.config.checks import ALLOWED_TARGETS, check_config
-from tl_cli.config.commands import EvalConfig, ExportConfig, PredictConfig, register_command_schemas
+from tl_cli.config.commands import EvalConfig, ExplainConfig, ExportConfig, PredictConfig, register_command_schemas
 from tl_cli.config.paths import config_dir, register_resolvers
 from tl_cli.config.schema import TrainConfig, register_schemas
 from tl_cli.errors import TlcliError
@@ -28,7 +28,7 @@ from tl_cli.transfer.strategies import STRATEGIES
 CONFIGS = config_dir()
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
 OPTIONS = [(group, p.stem) for group in GROUPS for p in sorted((CONFIGS / group).glob("*.yaml"))]
-COMMANDS = {"eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig}
+COMMANDS = {"eval": EvalConfig, "predict": PredictConfig, "export": ExportConfig, "explain": ExplainConfig}
 
 
 @pytest.fixture

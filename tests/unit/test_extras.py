@@ -19,10 +19,12 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 OPTIONAL = {
     "onnx", "onnxruntime", "tensorboard", "hydra-optuna-sweeper", "optuna", "sqlalchemy", "alembic",
     "hydra-joblib-launcher", "hydra-submitit-launcher", "submitit", "mlflow-skinny", "wandb", "datasets", "webdataset",
+    "grad-cam",
 }  # fmt: skip
 # Third-party modules tl_cli or benchmarks import only on an optional path, and the extra that declares them.
 OPTIONAL_IMPORTS = {
     "onnx": "export", "onnxruntime": "export", "skimage": "dev", "datasets": "hf", "webdataset": "webdataset",
+    "pytorch_grad_cam": "explain",
 }  # fmt: skip
 
 

@@ -1,4 +1,5 @@
-"""`tlcli eval`: accuracy, top-5, macro-F1, per-class precision/recall and a confusion matrix of a trained model.
+"""`tlcli eval`: accuracy, top-5, macro-F1, per-class precision/recall, a confusion matrix, the top losses, the most
+confused pairs and calibration (ECE, reliability diagram) of a trained model; tta=true averages views.
 
 By default the run's own dataset and seed are used, so `split=test` is exactly the split training held out.
 """
@@ -15,7 +16,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from tl_cli.data.datamodule import sample_path
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.reporting.diagnostics import (
+    CALIBRATION_PNG,
+    TOP_LOSSES_PNG,
+    most_confused,
+    plot_calibration,
+    plot_top_losses,
+    top_losses,
+)
+from tl_cli.run.calibration import ece
 from tl_cli.run.trained import (
     Inference,
     TrainedModel,
@@ -28,21 +39,19 @@ from tl_cli.run.trained import (
     run_data_config,
     run_seed,
 )
+from tl_cli.run.tta import PLAIN, combine, view_logits, views_of
 from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train", "all")
-USAGE = "tlcli eval ckpt=<run dir or .ckpt> [split=test|val|train|all] [data=<name> data.root=...]"
+USAGE = "tlcli eval ckpt=<run dir or .ckpt> [split=test|val|train|all] [data=<name> data.root=...] [tta=true]"
 
 
 def main(cfg: DictConfig) -> float:
-    """Evaluate, write metrics.json and confusion_matrix.png; returns the accuracy (for sweeps)."""
-    require(cfg, ("ckpt",), USAGE)
-    if cfg.split not in SPLITS:
-        raise choose_from("split", cfg.split, SPLITS)
-    if cfg.batch_size <= 0:
-        raise TlcliError(f"batch_size={cfg.batch_size} must be positive")
+    """Evaluate, write metrics.json, confusion_matrix.png, top_losses.png and calibration.png; returns the accuracy
+    (for sweeps)."""
+    views = check_settings(cfg)
     model = load_model(cfg.ckpt)
     device = device_of(cfg.device)
     inference = inference_for(cfg.precision, model, device)
@@ -56,10 +65,13 @@ def main(cfg: DictConfig) -> float:
 
     workers = resolve_workers(data_cfg.num_workers, device.type)
     start = time.perf_counter()
-    logits, targets = infer(model.net, dataset, cfg.batch_size, workers, inference)
+    logits, targets = infer(model.net, dataset, cfg.batch_size, workers, inference, views)
     seconds = time.perf_counter() - start
     targets = to_model[targets]
-    metrics, per_class, matrix = compute_metrics(logits, targets, len(model.classes))
+    scores = combine(logits) if cfg.tta else logits[0]  # with TTA: log of the views' mean softmax
+    metrics, per_class, matrix = compute_metrics(scores, targets, len(model.classes))
+    temperature = model.temperature if cfg.calibrate else None
+    probabilities = calibration_metrics(metrics, logits, scores, targets, temperature)
 
     out = output_folder(model, cfg.output_dir, "eval")
     png = out / "confusion_matrix.png"
@@ -73,6 +85,9 @@ def main(cfg: DictConfig) -> float:
         "split": cfg.split,
         "seed": seed,
         "num_images": len(targets),
+        "tta": bool(cfg.tta),
+        "tta_views": list(views),
+        "temperature": temperature,  # null: no calibrated probabilities (calibrate=false, or none fitted)
         "metrics": metrics,
         "per_class": {
             name: {key: per_class[key][i] for key in ("precision", "recall", "support")}
@@ -81,15 +96,65 @@ def main(cfg: DictConfig) -> float:
         "classes": model.classes,
         "confusion_matrix": matrix.tolist(),  # rows: true class, columns: predicted class
         "confusion_matrix_png": png.name,
+        "most_confused": most_confused(matrix, model.classes),  # [true, predicted, count], most frequent first
+        **write_views(out, cfg.top_losses, dataset, scores, targets, model.classes, probabilities, title),
         "seconds": round(seconds, 3),
         **inference.record(),  # precision and channels_last the network ran at
     }
     path = out / "metrics.json"
     path.write_text(json.dumps(report, indent=2))
     print_report(report)
-    print(f"confusion_matrix: {png}", flush=True)
+    for name in ("confusion_matrix", "top_losses", "calibration"):
+        print(f"{name}: {out / report[name + '_png']}", flush=True)
     print(f"metrics: {path}", flush=True)
     return metrics["acc"]
+
+
+def check_settings(cfg: DictConfig) -> tuple[str, ...]:
+    """One-line errors for bad settings, before any work; returns the views to run."""
+    require(cfg, ("ckpt",), USAGE)
+    if cfg.split not in SPLITS:
+        raise choose_from("split", cfg.split, SPLITS)
+    for key, low in (("batch_size", 1), ("top_losses", 0)):
+        if cfg[key] < low:
+            raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
+    return views_of(cfg.tta, cfg.tta_views)
+
+
+def calibration_metrics(
+    metrics: dict[str, float],
+    logits: torch.Tensor,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float | None,
+) -> dict[str, tuple[torch.Tensor, float]]:
+    """Add `ece` (and `ece_calibrated` at the run's temperature) to metrics; returns the probability sets the
+    reliability diagram draws, by label."""
+    probs = scores.float().softmax(dim=1)
+    metrics["ece"] = ece(probs, targets)
+    sets = {"model": (probs, metrics["ece"])}
+    if temperature is not None:
+        calibrated = combine(logits, temperature).softmax(dim=1)
+        metrics["ece_calibrated"] = ece(calibrated, targets)
+        sets[f"temperature {temperature:.3g}"] = (calibrated, metrics["ece_calibrated"])
+    return sets
+
+
+def write_views(
+    out: Path,
+    count: int,
+    dataset: Dataset,
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    classes: list[str],
+    probabilities: dict[str, tuple[torch.Tensor, float]],
+    title: str,
+) -> dict[str, Any]:
+    """top_losses.png and calibration.png; returns their metrics.json entries."""
+    rows = top_losses(scores, targets, classes, count, lambda i: sample_path(dataset, i))
+    plot_top_losses(rows, [dataset[row["index"]][0] for row in rows], out / TOP_LOSSES_PNG, f"top losses: {title}")
+    plot_calibration(probabilities, targets, out / CALIBRATION_PNG, f"reliability: {title}")
+    return {"top_losses": rows, "top_losses_png": TOP_LOSSES_PNG, "calibration_png": CALIBRATION_PNG}
 
 
 def eval_data_config(cfg: DictConfig, model: TrainedModel) -> DictConfig:
@@ -115,16 +180,21 @@ def class_index_map(data_classes: list[str], model_classes: list[str]) -> torch.
 
 @torch.inference_mode()
 def infer(
-    net: torch.nn.Module, dataset: Dataset, batch_size: int, workers: int, inference: Inference
+    net: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    inference: Inference,
+    views: tuple[str, ...] = PLAIN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 logits and labels of the whole dataset, in order."""
+    """fp32 logits (views, images, classes) and labels of the whole dataset, in order."""
     net = inference.prepare(net)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     logits, targets = [], []
     for images, labels in loader:
-        logits.append(inference.logits(net, images).cpu())
+        logits.append(view_logits(lambda x: inference.logits(net, x).cpu(), images, views))
         targets.append(torch.as_tensor(labels))
-    return torch.cat(logits), torch.cat(targets).long()
+    return torch.cat(logits, dim=1), torch.cat(targets).long()
 
 
 def compute_metrics(

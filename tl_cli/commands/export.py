@@ -1,6 +1,7 @@
 """`tlcli export`: a trained model as one standalone file (ONNX, TorchScript or safetensors).
 
-labels.json and preprocess.json go beside it. The batch dimension is dynamic. Every export is checked against
+labels.json and preprocess.json go beside it; the run's fitted softmax temperature goes into preprocess.json and
+the model's metadata (calibrate=false leaves it out). The batch dimension is dynamic. Every export is checked against
 the PyTorch model on real test-split images (batch N and batch 1) and the max abs difference is printed.
 """
 
@@ -18,9 +19,11 @@ from omegaconf import DictConfig
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import ONNX
 from tl_cli.extras import require as require_extra
+from tl_cli.run.calibration import calibrated_line
 from tl_cli.run.rundir import LABELS, MODEL, PREPROCESS
 from tl_cli.run.trained import (
     ARCH_KEY,
+    TEMPERATURE_KEY,
     TrainedModel,
     build_split,
     load_model,
@@ -52,6 +55,8 @@ def main(cfg: DictConfig) -> str:
     if path == model.weights:
         raise TlcliError(f"output_dir={out} would overwrite the model being exported; pick another output_dir")
     images, what = check_inputs(model, cfg.check_images)
+    if not cfg.calibrate:
+        model.temperature = None  # nothing embedded: consumers take the plain softmax
 
     (out / LABELS).write_text(json.dumps(model.classes, indent=1))
     (out / PREPROCESS).write_text(json.dumps(preprocess(model), indent=2))
@@ -64,6 +69,7 @@ def main(cfg: DictConfig) -> str:
     )
     if not diff <= TOLERANCE:  # also catches NaN
         raise TlcliError(f"exported {path} differs from the PyTorch model by {diff:.3g} > {TOLERANCE}; not usable")
+    print(calibrated_line(model.temperature, cfg.calibrate), flush=True)
     print(f"exported: {path}", flush=True)
     return str(path)
 
@@ -73,6 +79,8 @@ def preprocess(model: TrainedModel) -> dict[str, Any]:
     info = {k: list(v) if isinstance(v, tuple) else v for k, v in model.data_config.items()}
     info["image_mode"] = model.image_mode  # PIL mode: "L" (grayscale) or "RGB"
     info["input_name"], info["output_name"] = "input", "logits"
+    # probabilities = softmax(logits / temperature): the temperature fitted on the run's val split
+    info["calibrated"], info["temperature"] = model.temperature is not None, model.temperature
     return info
 
 
@@ -130,11 +138,13 @@ def export_safetensors(model: TrainedModel, images: torch.Tensor, path: Path, cf
 
 
 def _metadata(model: TrainedModel) -> dict[str, str]:
+    temperature = {TEMPERATURE_KEY: repr(model.temperature)} if model.temperature is not None else {}
     return {
         ARCH_KEY: json.dumps(model.arch),
         "labels": json.dumps(model.classes),
         "preprocess": json.dumps(preprocess(model)),
         "backbone": model.arch["backbone"],
+        **temperature,  # load_model reads it back from an exported model.safetensors
     }
 
 

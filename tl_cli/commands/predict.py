@@ -1,32 +1,37 @@
 """`tlcli predict`: classify image files with a trained model, in batches, through its own eval transform.
 
-Files that cannot be read as images are reported, skipped and counted; they never stop the run.
+Files that cannot be read as images are reported, skipped and counted; they never stop the run. Scores are softmax
+probabilities at the run's fitted temperature (calibrate=false: the raw softmax); tta=true averages views.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import logging
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, ListConfig
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
 
-from tl_cli.data.images import report_non_images, visible_files
+from tl_cli.data.inputs import ImageFiles, collate, collect_inputs, shown
 from tl_cli.errors import TlcliError
-from tl_cli.run.trained import Inference, device_of, inference_for, load_model, require
+from tl_cli.run.calibration import calibrated_line
+from tl_cli.run.trained import device_of, inference_for, load_model, require
+from tl_cli.run.tta import combine, view_logits, views_of
 from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "label", "score", "topk_labels", "topk_scores")
 SEPARATOR = "|"  # joins the top-k labels and scores inside one CSV cell
-USAGE = "tlcli predict ckpt=<run dir or .ckpt> inputs=<image file, folder or glob> [topk=5] [output=preds.csv]"
+USAGE = (
+    "tlcli predict ckpt=<run dir or .ckpt> inputs=<image file, folder or glob> [topk=5] [output=preds.csv] "
+    "[tta=true] [calibrate=false]"
+)
 
 
 def main(cfg: DictConfig) -> int:
@@ -37,10 +42,17 @@ def main(cfg: DictConfig) -> int:
             raise TlcliError(f"{key}={cfg[key]} must be at least {low}")
     device = device_of(cfg.device)
     workers = resolve_workers(cfg.num_workers, device.type, name="num_workers")
+    views = views_of(cfg.tta, cfg.tta_views)
     paths = collect_inputs(cfg.inputs)
     model = load_model(cfg.ckpt)
     inference = inference_for(cfg.precision, model, device)
     net = inference.prepare(model.net)
+    temperature = model.temperature if cfg.calibrate else None
+
+    def probabilities(images: torch.Tensor) -> torch.Tensor:
+        logits = view_logits(lambda x: inference.logits(net, x), images, views)
+        return combine(logits, temperature or 1.0).exp() if cfg.tta else model.probabilities(logits[0], cfg.calibrate)
+
     k = min(cfg.topk, len(model.classes))
     dataset = ImageFiles(paths, model.eval_transform(), model.image_mode)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate, shuffle=False)
@@ -49,20 +61,22 @@ def main(cfg: DictConfig) -> int:
     partial = output.with_name(output.name + ".partial")  # never leave a half-written CSV under the real name
 
     start = time.perf_counter()
-    done, skipped = write_predictions(loader, paths, net, model.classes, k, inference, partial)
+    done, skipped = write_predictions(loader, paths, probabilities, model.classes, k, partial)
     seconds = time.perf_counter() - start
     if not done:
         partial.unlink()
         raise TlcliError(
             f"none of the {len(paths)} input files could be read as an image (e.g. {skipped[0]}); "
-            f"check inputs={_shown(cfg.inputs)}"
+            f"check inputs={shown(cfg.inputs)}"
         )
     partial.replace(output)
     print(
         f"predicted {done} images, skipped {len(skipped)} unreadable files, in {seconds:.2f} s "
-        f"({done / seconds:.1f} images/s) at precision={inference.precision}",
+        f"({done / seconds:.1f} images/s) at precision={inference.precision}"
+        + (f", tta over {'+'.join(views)}" if cfg.tta else ""),
         flush=True,
     )
+    print(calibrated_line(temperature, cfg.calibrate), flush=True)
     print(f"predictions: {output}", flush=True)
     return done
 
@@ -70,10 +84,9 @@ def main(cfg: DictConfig) -> int:
 def write_predictions(
     loader: DataLoader,
     paths: list[str],
-    net: torch.nn.Module,
+    probabilities: Callable[[torch.Tensor], torch.Tensor],
     classes: list[str],
     k: int,
-    inference: Inference,
     partial: Path,
 ) -> tuple[int, list[str]]:
     """Top-k rows of every readable image into the CSV `partial`; returns (images predicted, files skipped)."""
@@ -95,7 +108,7 @@ def write_predictions(
                 log.warning("skipped %s: %s", paths[index], reason)
                 skipped.append(paths[index])
             if images is not None:
-                scores, labels = inference.logits(net, images).softmax(dim=1).topk(k, dim=1)
+                scores, labels = probabilities(images).topk(k, dim=1)
                 for index, row_scores, row_labels in zip(indices, scores.tolist(), labels.tolist(), strict=True):
                     names = [classes[c] for c in row_labels]
                     top = (SEPARATOR.join(names), SEPARATOR.join(f"{s:.6f}" for s in row_scores))
@@ -103,59 +116,3 @@ def write_predictions(
                 done += len(indices)
             bar.update(len(indices) + len(bad))
     return done, skipped
-
-
-def collect_inputs(inputs: str | Iterable[str]) -> list[str]:
-    """Files named by `inputs`: files, folders (recursive, hidden entries skipped), globs, or a list of those.
-    Folders and globs give their image files (tl_cli/data/images.py, as training reads them); the others are
-    reported once. A file named on its own is always tried."""
-    items = [str(i) for i in inputs] if isinstance(inputs, (list, tuple, ListConfig)) else [str(inputs)]
-    found: dict[str, None] = {}  # ordered set
-    for item in items:
-        path = Path(item).expanduser()
-        if path.is_file():
-            matches = [str(path)]
-        elif path.is_dir():
-            matches = [str(p) for p in report_non_images(visible_files(path), f"inputs={item}")]
-        elif glob.has_magic(item):
-            files = [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
-            matches = [str(p) for p in report_non_images(files, f"inputs={item}")]
-        else:
-            raise TlcliError(
-                f"inputs={item} does not exist; pass an image file, a folder or a glob like 'photos/*.jpg'"
-            )
-        found.update(dict.fromkeys(matches))
-    if not found:
-        raise TlcliError(f"inputs={_shown(inputs)} matches no files; pass an image file, a folder or a glob")
-    return list(found)
-
-
-class ImageFiles(Dataset):
-    """(index, image tensor or None, why not) per file: a bad file is a result, not an exception."""
-
-    def __init__(self, paths: list[str], transform, mode: str) -> None:
-        self.paths, self.transform, self.mode = paths, transform, mode
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        from PIL import Image
-
-        try:
-            with Image.open(self.paths[index]) as image:
-                return index, self.transform(image.convert(self.mode)), ""
-        except Exception as ex:  # any decoder failure (corrupt, truncated, not an image) skips just this file
-            return index, None, " ".join(f"{type(ex).__name__}: {ex}".split())[:200]
-
-
-def collate(items: list[tuple[int, torch.Tensor | None, str]]):
-    """(indices of good files, their stacked images or None, [(index, reason)] of bad files)."""
-    good = [(i, image) for i, image, _ in items if image is not None]
-    bad = [(i, reason) for i, image, reason in items if image is None]
-    images = torch.stack([image for _, image in good]) if good else None
-    return [i for i, _ in good], images, bad
-
-
-def _shown(inputs: object) -> str:
-    return ",".join(str(i) for i in inputs) if isinstance(inputs, (list, tuple, ListConfig)) else str(inputs)

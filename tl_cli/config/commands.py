@@ -1,5 +1,5 @@
-"""Structured-config schemas of `tlcli eval`, `predict`, `export` and `lr-find`: typos and wrong types fail at
-composition.
+"""Structured-config schemas of `tlcli eval`, `predict`, `export`, `explain` and `lr-find`: typos and wrong types
+fail at composition.
 
 Kept import-light (no torch) so `tlcli eval --help` and `--cfg job` stay fast.
 """
@@ -29,6 +29,10 @@ class EvalConfig:
     # 32 | bf16-mixed | 16-mixed force one (tl_cli/run/trained.py inference_for)
     precision: str = "auto"
     output_dir: str | None = None  # null: <run_dir>/eval
+    top_losses: int = 16  # images with the highest loss drawn in top_losses.png (and listed in metrics.json)
+    calibrate: bool = True  # also report ECE at the run's fitted temperature (ece_calibrated)
+    tta: bool = False  # average the softmax over tta_views of each image (tl_cli/run/tta.py)
+    tta_views: list[str] = field(default_factory=lambda: ["identity", "hflip"])  # identity|hflip|vflip|hvflip
 
 
 @dataclass
@@ -42,6 +46,9 @@ class PredictConfig:
     num_workers: str = "auto"  # image decoding workers: auto (tl_cli/transfer/speed.py resolve_workers) or N
     device: str = "auto"
     precision: str = "auto"  # as eval's: auto (the run's, re-resolved for this device) | 32 | bf16-mixed | 16-mixed
+    calibrate: bool = True  # probabilities at the run's fitted temperature (calibration.json), when it has one
+    tta: bool = False  # average the softmax over tta_views of each image
+    tta_views: list[str] = field(default_factory=lambda: ["identity", "hflip"])
 
 
 @dataclass
@@ -52,6 +59,20 @@ class ExportConfig:
     output_dir: str | None = None  # null: <run_dir>/export
     opset: int = 17  # ONNX opset
     check_images: int = 16  # test-split images the parity check runs through both models
+    calibrate: bool = True  # embed the run's fitted temperature in the model's metadata and preprocess.json
+
+
+@dataclass
+class ExplainConfig:
+    task_name: str = "explain"
+    ckpt: str = MISSING
+    images: Any = MISSING  # an image file, a folder (searched recursively), a glob, or a list of those
+    target: Any = None  # a class name (or index) to explain instead of each image's predicted class
+    layer: str | None = None  # a backbone module name; null: the ViT's last norm1, or a CNN's deepest >= 4x4 stage
+    output_dir: str | None = None  # null: <run_dir>/explain
+    batch_size: int = 16
+    device: str = "auto"
+    calibrate: bool = True  # titles show probabilities at the run's fitted temperature
 
 
 @dataclass
@@ -79,9 +100,10 @@ def _added_keys(schema: type, base: type) -> DictConfig:
 
 
 def register_command_schemas() -> None:
-    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,lr_find}.yaml resolvable."""
+    """Make `defaults: [<command>_schema, ...]` in configs/{eval,predict,export,explain,lr_find}.yaml resolvable."""
     store = ConfigStore.instance()
     store.store(name="eval_schema", node=EvalConfig)
     store.store(name="predict_schema", node=PredictConfig)
     store.store(name="export_schema", node=ExportConfig)
+    store.store(name="explain_schema", node=ExplainConfig)
     store.store(name="lr_find_schema", node=_added_keys(LrFindConfig, TrainConfig))  # after `train` (lr_find.yaml)

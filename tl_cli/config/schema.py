@@ -155,6 +155,7 @@ class TrainConfig:
     resume: str | None = None  # a run dir: continue it (set by `tlcli train resume=<run dir>`)
     optimized_metric: str = "val/acc"  # what `train` returns: the value sweepers (hparams_search=optuna) optimise
     test: bool = True  # test the best-val checkpoint after fit; false skips it (summary.json: val metrics only)
+    calibrate: bool = True  # fit a softmax temperature on val after fit (calibration.json); predict/export use it
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

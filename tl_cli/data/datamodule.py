@@ -3,6 +3,7 @@ image, normalized per batch on the device: tl_cli/data/transforms.py)."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -128,6 +129,12 @@ class TransformedSubset(Dataset):
         image = image.convert(self.mode)
         return (self.transform(image) if self.transform else image), self.label_map[int(label)]
 
+    def path(self, i: int) -> str | None:
+        """The file sample i was read from; None for in-memory sources (digits, Fashion-MNIST, synthetic)."""
+        if not isinstance(self.base, FolderImages):
+            return None
+        return str(self.base.reader.samples[int(self.indices[i])][0])
+
     def _readable(self, i: int):
         """Sample i; when its file cannot be decoded, the next readable sample of this split (wrapping round):
         batches keep their size, and the stand-in never comes from another split. DecodedImages counts the file."""
@@ -177,6 +184,15 @@ def few_shot(indices: np.ndarray, labels: np.ndarray, per_class: int, seed: int)
             )
         picked.append(rng.choice(members, size=per_class, replace=False))
     return np.sort(np.concatenate(picked))
+
+
+def sample_path(dataset: Dataset, index: int) -> str | None:
+    """The file behind sample `index` of a split (or a ConcatDataset of splits), None where there is no file."""
+    if isinstance(dataset, ConcatDataset):
+        part = bisect.bisect_right(dataset.cumulative_sizes, index)
+        offset = dataset.cumulative_sizes[part - 1] if part else 0
+        return sample_path(dataset.datasets[part], index - offset)
+    return dataset.path(index) if isinstance(dataset, TransformedSubset) else None
 
 
 class TransferDataModule(L.LightningDataModule):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from tl_cli.errors import TlcliError
+from tl_cli.run.calibration import read_temperature
 from tl_cli.run.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
 from tl_cli.transfer import speed
 from tl_cli.transfer.network import TransferNet
@@ -26,6 +27,7 @@ from tl_cli.transfer.network import TransferNet
 log = logging.getLogger(__name__)
 
 ARCH_KEY = "tlcli_arch"  # safetensors metadata key of an exported model: the architecture as JSON
+TEMPERATURE_KEY = "temperature"  # exported model metadata: the run's softmax temperature (absent: uncalibrated)
 PREPROCESS_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed")  # eval's and predict's `precision=`
 
@@ -42,6 +44,12 @@ class TrainedModel:
     run_dir: Path | None
     weights: Path  # the file the weights came from
     labels_known: bool = True  # False: no labels.json was found, classes are placeholders class_<i>
+    temperature: float | None = None  # softmax temperature fitted on the run's val split (None: not calibrated)
+
+    def probabilities(self, logits: torch.Tensor, calibrated: bool) -> torch.Tensor:
+        """softmax(logits / temperature) when calibrated and the run has a temperature, else softmax(logits)."""
+        temperature = self.temperature if calibrated and self.temperature else 1.0
+        return (logits.float() / temperature).softmax(dim=-1)
 
     @property
     def image_mode(self) -> str:
@@ -87,8 +95,9 @@ def load_model(ckpt: str) -> TrainedModel:
     data_config = _data_config(folder, net, config, arch)
     known = classes is not None
     classes = classes or [f"class_{i}" for i in range(arch["num_classes"])]
+    temperature = float(metadata[TEMPERATURE_KEY]) if TEMPERATURE_KEY in metadata else read_temperature(run_dir)
     log.info("loaded %s (%s, %d classes) from %s", arch["backbone"], _describe(arch), len(classes), weights)
-    return TrainedModel(net.eval(), classes, data_config, arch, config, run_dir, weights, known)
+    return TrainedModel(net.eval(), classes, data_config, arch, config, run_dir, weights, known, temperature)
 
 
 def require(cfg: DictConfig, keys: tuple[str, ...], usage: str) -> None:

@@ -20,6 +20,7 @@ from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_
 from tl_cli.data.features import cache_decision, cached_feature_splits
 from tl_cli.data.stream import STREAMING
 from tl_cli.errors import TlcliError
+from tl_cli.run.after_fit import see_run
 from tl_cli.run.checkpoint_io import DirectCheckpointIO
 from tl_cli.run.resume import mark_started
 from tl_cli.run.rundir import MODEL, RunDir, Summary
@@ -320,8 +321,8 @@ def score_on_test(trainer: L.Trainer, job: TransferJob, fitted: FitResult) -> Fi
 def write_run(
     run: RunDir, cfg: DictConfig, job: TransferJob, trainer: L.Trainer, result: FitResult, extra: dict[str, Any]
 ) -> Summary:
-    """labels.json, model.safetensors (the tested weights) and summary.json; `extra` adds run facts
-    (throughput, precision, cache, config_sha)."""
+    """labels.json, model.safetensors (the tested weights), summary.json, curves.png and calibration.json; `extra`
+    adds run facts (throughput, precision, cache, config_sha)."""
     dm = job.datamodule
     run.write_labels(dm.classes)
     meta = {"format": "tlcli", "backbone": cfg.model.backbone, "in_chans": cfg.model.in_chans}
@@ -351,4 +352,5 @@ def write_run(
         **extra,
     )
     run.write_summary(summary)
+    see_run(run, cfg, trainer, job.module, job.datamodule)  # curves.png, calibration.json (global rank 0)
     return summary

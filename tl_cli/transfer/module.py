@@ -70,13 +70,17 @@ class TransferModule(L.LightningModule):
         if split == "train" and self._compiled is not None:
             logits = self._compiled(images)
         else:
-            logits = self.net.forward_new_layers(images) if self.inputs_are_features else self.net(images)
+            logits = self.eager_logits(images)
         if targets is not None:
             return logits, targets.argmax(dim=-1), self.soft_target_loss(logits, targets)
         if split != "train":  # val/test loss unweighted: comparable across runs and with `tlcli eval`
             return logits, labels, F.cross_entropy(logits, labels)
         smoothing = self.optim.get("label_smoothing", 0.0)
         return logits, labels, F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=smoothing)
+
+    def eager_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of normalized images, or of cached backbone features when the datamodule serves those."""
+        return self.net.forward_new_layers(inputs) if self.inputs_are_features else self.net(inputs)
 
     def soft_target_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """timm's SoftTargetCrossEntropy: cross-entropy against a target distribution per sample."""

@@ -27,6 +27,7 @@ from torch.utils.data import (
 
 from tl_cli.data.datasets import (
     DecodedImages,
+    FileImages,
     RawSplits,
     UnreadableImage,
     UnreadableSplit,
@@ -130,10 +131,10 @@ class TransformedSubset(Dataset):
         return (self.transform(image) if self.transform else image), self.label_map[int(label)]
 
     def path(self, i: int) -> str | None:
-        """The file sample i was read from; None for in-memory sources (digits, Fashion-MNIST, synthetic)."""
-        if not isinstance(self.base, FolderImages):
+        """The file sample i was read from; None for sources without files (digits, Fashion-MNIST, synthetic, hf)."""
+        if not isinstance(self.base, FileImages):  # folders and CSV lists; HF tables and arrays have no files
             return None
-        return str(self.base.reader.samples[int(self.indices[i])][0])
+        return str(self.base.samples[int(self.indices[i])][0])
 
     def _readable(self, i: int):
         """Sample i; when its file cannot be decoded, the next readable sample of this split (wrapping round):

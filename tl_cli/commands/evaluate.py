@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from tl_cli.data.datamodule import sample_path
+from tl_cli.data.datamodule import sample_path, samples_at
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.reporting.diagnostics import (
     CALIBRATION_PNG,
@@ -63,7 +63,10 @@ def main(cfg: DictConfig) -> float:
         model.classes = data_classes
     to_model = class_index_map(data_classes, model.classes)
 
-    workers = resolve_workers(data_cfg.num_workers, device.type)
+    # a stream read by several workers interleaves their shards; read in one process, its order is the same in
+    # every pass, so the top losses find their images again (samples_at)
+    streamed = isinstance(dataset, IterableDataset)
+    workers = 0 if streamed else resolve_workers(data_cfg.num_workers, device.type)
     start = time.perf_counter()
     logits, targets = infer(model.net, dataset, cfg.batch_size, workers, inference, views)
     seconds = time.perf_counter() - start
@@ -152,7 +155,8 @@ def write_views(
 ) -> dict[str, Any]:
     """top_losses.png and calibration.png; returns their metrics.json entries."""
     rows = top_losses(scores, targets, classes, count, lambda i: sample_path(dataset, i))
-    plot_top_losses(rows, [dataset[row["index"]][0] for row in rows], out / TOP_LOSSES_PNG, f"top losses: {title}")
+    images = samples_at(dataset, [row["index"] for row in rows])
+    plot_top_losses(rows, images, out / TOP_LOSSES_PNG, f"top losses: {title}")
     plot_calibration(probabilities, targets, out / CALIBRATION_PNG, f"reliability: {title}")
     return {"top_losses": rows, "top_losses_png": TOP_LOSSES_PNG, "calibration_png": CALIBRATION_PNG}
 

@@ -19,6 +19,7 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
+    IterableDataset,
     RandomSampler,
     Sampler,
     SequentialSampler,
@@ -194,6 +195,19 @@ def sample_path(dataset: Dataset, index: int) -> str | None:
         offset = dataset.cumulative_sizes[part - 1] if part else 0
         return sample_path(dataset.datasets[part], index - offset)
     return dataset.path(index) if isinstance(dataset, TransformedSubset) else None
+
+
+def samples_at(dataset: Dataset, indices: list[int]) -> list:
+    """The images at these positions of a split: indexed, or for a stream one pass in its (stable) order."""
+    if not isinstance(dataset, IterableDataset):
+        return [dataset[i][0] for i in indices]
+    wanted, found = set(indices), {}
+    for position, (image, _) in enumerate(dataset):
+        if position in wanted:
+            found[position] = image
+            if len(found) == len(wanted):
+                break
+    return [found[i] for i in indices]
 
 
 class TransferDataModule(L.LightningDataModule):

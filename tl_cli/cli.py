@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from tl_cli import __version__
-from tl_cli.errors import TlcliError, choose_from, describe, report
+from tl_cli.errors import EXIT_USAGE, TlcliError, choose_from, describe, report
 
 COMMANDS: dict[str, str] = {
     "train": "fit a transfer strategy on a timm backbone, test it, write a run directory",
@@ -96,15 +96,22 @@ TRAINING_COMMANDS = ("train", "lr-find")
 
 def _task(command: str, args: list[str], argv0: str) -> Callable:
     def task(cfg) -> float | None:
+        fresh = None  # the run dir Hydra just made, while it holds only Hydra's record
         try:
             if command in TRAINING_COMMANDS:
                 from tl_cli.ranks import rerun_command
+                from tl_cli.run.command import fresh_run_dir
 
+                fresh = fresh_run_dir(cfg)
                 rerun_command(command, args, argv0)
             return _import_command(command).main(cfg)
         except SystemExit:
             raise
         except BaseException as ex:
+            if fresh is not None and describe(ex)[1] == EXIT_USAGE:  # bad input: leave no empty run dir behind
+                from tl_cli.run.command import discard_run_dir
+
+                discard_run_dir(fresh)
             if os.environ.get("TLCLI_DEBUG"):
                 raise
             if _launching_pid == os.getpid():  # one line, no traceback; inside Hydra so multirun stops cleanly
@@ -249,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
             args = resume_args(args)
         except TlcliError as ex:
             return report(ex)
+    elif command in TRAINING_COMMANDS:  # a given trainer.max_epochs is honoured (a resumed run keeps its record)
+        from tl_cli.config.epochs import honour_epochs
+
+        args = honour_epochs(args)
     if command == "report":
         return run_report(args)
     return run_hydra(command, args)

@@ -161,3 +161,21 @@ def test_a_test_metric_cannot_be_optimized_without_the_test_pass() -> None:
     check_config(compose_train(["optimized_metric=test/acc"]))  # tested by default: allowed
     with pytest.raises(TlcliError, match="optimized_metric=test/acc needs the test pass; set test=true"):
         check_config(compose_train(["optimized_metric=test/acc", "test=false"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "appended"),
+    [
+        (["trainer.max_epochs=3"], True),
+        (["+trainer.max_epochs=3", "strategy=freeze"], True),
+        (["trainer.max_epochs=1,2", "-m"], True),  # every job of the sweep sets it
+        (["trainer.max_epochs=3", "optim.min_steps=300"], False),  # both given: the minimum applies
+        (["experiment=smoke"], False),  # a preset's epochs keep the preset's minimum
+        ([], False),
+        (["~trainer.max_epochs"], False),
+    ],
+)
+def test_a_given_max_epochs_turns_the_step_minimum_off(args: list[str], appended: bool) -> None:
+    from tl_cli.config.epochs import honour_epochs
+
+    assert honour_epochs(args) == ([*args, "optim.min_steps=0"] if appended else args)

@@ -135,11 +135,13 @@ def _stray_data_override(command: str, args: list[str]) -> str | None:
     return next((a for a in args if a.lstrip("+~").startswith("data.")), None)
 
 
-def help_text(topic: str, command: str = "") -> str:
+def help_text(topic: str, command: str = "", *, _root_=None) -> str:
     """Text of the `--help` templates in configs/hydra/{default,command}.yaml, as `${tlcli_help:<topic>[,<command>]}`.
 
     strategies: one line per strategy with its `when` (tl_cli/transfer/strategies.py); about: the command's line of
-    COMMANDS; groups: the config groups the command's own config composes (its defaults list), with their options.
+    COMMANDS; groups: the config groups the command's own config composes (its defaults list), with their options,
+    internal presets left out; config: the composed config with only the chosen dataset's keys
+    (tl_cli/config/help.py).
     """
     if topic == "strategies":
         from tl_cli.transfer.strategies import help_text as strategies_help
@@ -148,23 +150,30 @@ def help_text(topic: str, command: str = "") -> str:
     if topic == "about":
         return COMMANDS.get(command, "")
     if topic == "groups":
-        return _command_groups(command)
+        return _command_groups(command, _root_)
+    if topic == "config":
+        from tl_cli.config.help import config_text
+
+        return config_text(_root_)
     raise ValueError(f"unknown help topic '{topic}'")
 
 
-def _command_groups(command: str) -> str:
-    """`== Configuration groups ==` of a command whose config composes groups (eval: data), else nothing."""
+def _command_groups(command: str, root=None) -> str:
+    """`== Configuration groups ==` of a command whose config composes groups (train: all of them; eval: data),
+    else nothing."""
     import yaml
 
+    from tl_cli.config.help import config_dirs, group_options
     from tl_cli.config.paths import config_dir
 
-    root = config_dir()
-    defaults = yaml.safe_load((root / f"{command}.yaml").read_text()).get("defaults", [])
+    top = config_dir()
+    defaults = yaml.safe_load((top / f"{command}.yaml").read_text()).get("defaults", [])
     groups = [next(iter(d)) for d in defaults if isinstance(d, dict) and len(d) == 1]
-    groups = [g for g in groups if (root / g).is_dir() and not g.startswith("hydra")]
+    groups = sorted(g for g in groups if (top / g).is_dir() and not g.startswith("hydra"))
     if not groups:
         return ""
-    lines = [f"{g}: {', '.join(sorted(p.stem for p in (root / g).glob('*.yaml')))}" for g in groups]
+    dirs = config_dirs(root)
+    lines = [f"{g}: {', '.join(group_options(g, dirs))}" for g in groups]
     return (
         "\n== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n"
         + "\n".join(lines)

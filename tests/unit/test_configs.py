@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.conftest import compose as compose_train
 from tl_cli.cli import register_help_resolver
 from tl_cli.config.checks import ALLOWED_TARGETS, check_config
 from tl_cli.config.commands import EvalConfig, ExportConfig, PredictConfig, register_command_schemas
+from tl_cli.config.help import GENERIC_DATA_KEYS, INTERNAL_PRESETS
 from tl_cli.config.paths import config_dir, register_resolvers
 from tl_cli.config.schema import TrainConfig, register_schemas
 from tl_cli.errors import TlcliError
@@ -144,6 +146,40 @@ def test_train_help_lists_the_strategies_and_when_to_use_them() -> None:
     assert "strategy: auto, extend_finetune, extend_freeze, finetune, freeze, scratch" in result.stdout
     for strategy in STRATEGIES.values():
         assert f"{strategy.name}  " in result.stdout and strategy.when in result.stdout
+
+
+def _data_keys_in_help(*args: str) -> set[str]:
+    """The keys under `data:` in `tlcli train <args> --help`'s config."""
+    result = subprocess.run([str(TLCLI), "train", *args, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n== Config ==")[1].splitlines()
+    start = lines.index("data:")
+    block = itertools.takewhile(lambda line: line.startswith("  "), lines[start + 1 :])
+    return {line.split(":")[0].strip() for line in block if not line.startswith(("   ", "  -"))}
+
+
+def test_train_help_shows_only_the_chosen_datasets_keys() -> None:
+    """Each source's own keys (those its configs/data/*.yaml sets and some other source's does not) show only
+    under that source, or where the command line sets them; keys every source reads always show."""
+    yamls = {p.stem: set(OmegaConf.load(p)) for p in (CONFIGS / "data").glob("*.yaml")}
+    for name, keys in yamls.items():
+        shown = _data_keys_in_help(f"data={name}")
+        assert keys <= shown, keys - shown
+        others = set().union(*(k for n, k in yamls.items() if n != name)) - keys - set(GENERIC_DATA_KEYS)
+        assert others and not others & shown, others & shown
+        assert {"batch_size", "num_workers", "samples_per_class", "aug"} <= shown
+    assert "num_classes" in _data_keys_in_help("data=digits", "data.num_classes=3")
+
+
+def test_train_help_hides_the_internal_presets_and_lists_a_user_configs(tmp_path: Path) -> None:
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "pets.yaml").write_text("# @package _global_\nseed: 1\n")
+    args = [str(TLCLI), "train", "--config-dir", str(tmp_path), "--help"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "\nexperiment: pets, smoke\n" in result.stdout
+    assert "study_" not in result.stdout and "source_fashion_mnist" not in result.stdout
+    assert any(p.stem.startswith(INTERNAL_PRESETS) for p in (CONFIGS / "experiment").glob("*.yaml"))  # still there
 
 
 def test_model_timm_brings_the_imagenet_head_lr_and_overrides_still_win() -> None:

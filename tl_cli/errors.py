@@ -6,8 +6,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
-from typing import NoReturn
+from collections.abc import Iterable
 
 EXIT_USAGE = 2  # bad input: config, data, weights
 EXIT_FAILURE = 1  # anything unexpected
@@ -57,7 +56,7 @@ def _known_keys_like(key: str) -> list[str]:
     """The valid keys a typo of `key` may have meant: trainer.* keys are lightning.Trainer's arguments (the
     schema leaves the trainer group open), the others the train schema's."""
     if key.startswith("trainer."):
-        from tl_cli.config.checks import trainer_arguments
+        from tl_cli.config.keys import trainer_arguments
 
         return [f"trainer.{name}" for name in trainer_arguments()]
     return _known_config_keys()
@@ -123,12 +122,3 @@ def report(ex: BaseException) -> int:
     sys.stdout.flush()
     print(f"tlcli: error: {message}", file=sys.stderr, flush=True)
     return code
-
-
-def run_module(main: Callable[[list[str]], int], errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
-    """`python -m tl_cli...` entry points: exit with main(argv)'s code, or the one-line error of a TlcliError
-    (or of one of `errors`)."""
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (TlcliError, *errors) as ex:
-        sys.exit(report(ex))

@@ -3,13 +3,13 @@ instantiation of the logger/callbacks groups."""
 
 from __future__ import annotations
 
-import inspect
 import typing
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tl_cli.config.keys import trainer_arguments
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.transfer import speed
 from tl_cli.transfer.strategies import get_strategy
@@ -154,13 +154,6 @@ def check_monitors(callbacks: DictConfig | None) -> None:
                 f"callbacks.{name}.mode={mode} would select the worst {monitor}; "
                 f"set callbacks.{name}.mode={MONITORS[monitor]}"
             )
-
-
-def trainer_arguments() -> set[str]:
-    """The lightning.Trainer arguments a trainer.* key may set (callbacks and logger have their own groups)."""
-    import lightning as L
-
-    return set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
 
 
 def check_trainer_keys(trainer: DictConfig) -> None:

@@ -1,6 +1,6 @@
 # tlcli developer targets. Every target installs what it needs first.
 #   make train   the embedded default transfer job (offline, < 2 min on 2 CPU cores)
-#   make test    the test suite (installs the venv and Fashion-MNIST first)
+#   make test    the fast test suite (installs the venv and Fashion-MNIST first); make test-all: every test
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: gpu-check install train test lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
+.PHONY: gpu-check install train test test-all lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
 
 install: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ fashion-mnist:
 train: install
 	$(TLCLI) train
 
+# make test: the fast suite (every command, strategy and data source end to end on tiny configs); make test-all: also
+# the tests marked slow (the study rerun, the races, multi-process runs, compile); CI (.ci/run) runs test-all
 test: install fashion-mnist
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install fashion-mnist
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

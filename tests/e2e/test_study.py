@@ -10,7 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # the CI-sized study: 44 training jobs
 
 
 def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> None:

@@ -81,3 +81,19 @@ def test_functions_are_short_or_say_why() -> None:
                 if length > MAX_FUNCTION_LINES and "# long:" not in body:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_test_modules_share_only_conftest() -> None:
+    """Test modules import shared helpers from tests/conftest.py only, never from another test module, and the
+    smoke config is defined there once."""
+    tests = PACKAGE.parent / "tests"
+    offenders = []
+    for path in sorted(tests.rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests."):
+                if node.module != "tests.conftest":
+                    offenders.append(f"{path.relative_to(tests)} imports {node.module}")
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "SMOKE" for t in node.targets):
+                offenders.append(f"{path.relative_to(tests)} defines its own SMOKE")
+    assert not offenders, offenders

@@ -37,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--precision",
         default=None,
         help="replace what trainer.precision=auto picks for this session, e.g. --precision 32-true to run without "
-        "bf16 (sets TLCLI_PRECISION, tl_cli/transfer/speed.py; tlcli subprocesses inherit it)",
+        "bf16 (sets TLCLI_PRECISION, tl_cli/hardware.py; tlcli subprocesses inherit it)",
     )
 
 

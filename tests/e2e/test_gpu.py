@@ -15,7 +15,7 @@ GPU_SMOKE = [*SMOKE, "trainer.accelerator=gpu"]
 
 
 def test_precision_auto_is_bf16_mixed_on_a_bf16_gpu() -> None:
-    from tl_cli.transfer.speed import resolve
+    from tl_cli.hardware import resolve
 
     precision, channels_last, _ = resolve("auto", "auto", "gpu")
     assert precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")

@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tl_cli import hardware
 from tl_cli.config.keys import trainer_arguments
 from tl_cli.errors import TlcliError, choose_from
-from tl_cli.transfer import speed
 from tl_cli.transfer.strategies import get_strategy
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
@@ -30,7 +30,7 @@ def check_config(cfg: DictConfig) -> None:
             raise TlcliError(f"{key}={value} must be positive")
     if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
         raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
-    speed.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
+    hardware.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
     if (cfg.data.min_samples_per_epoch or 0) < 0:
         raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
     if (cfg.optim.get("min_steps") or 0) < 0:
@@ -165,7 +165,7 @@ def check_trainer_keys(trainer: DictConfig) -> None:
     for key, value in OmegaConf.to_container(trainer, resolve=False).items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
-        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/transfer/speed.py)
+        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/hardware.py)
         unchecked = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
         if isinstance(value, str) and not unchecked and not _accepts_string(hints.get(key, str), value):
             choices = _string_choices(hints[key])

@@ -37,8 +37,8 @@ def job_features(job: SweepJob) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     from tl_cli.config.paths import register_resolvers
     from tl_cli.data.features import cached_feature_splits
-    from tl_cli.run.rundir import CONFIG
     from tl_cli.run.training import build_job, feature_cache_extra
+    from tl_cli.rundir import CONFIG
 
     register_resolvers()
     cfg = OmegaConf.load(job.path / CONFIG)

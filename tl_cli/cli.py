@@ -55,10 +55,6 @@ examples:
   tlcli lr-find strategy=finetune                 # suggested optim.lr=... for that train command
 """
 
-# The sweep folder of the `tlcli train -m` in progress, named after the sweep ends. Set in the launching
-# process by the Hydra callback in configs/hydra/default.yaml (tl_cli/run/sweep_callback.py), so also when the
-# jobs run elsewhere.
-_sweep_dir: str | None = None
 # The process that runs the Hydra app. In the jobs of out-of-process launchers (joblib workers, submitit/SLURM
 # jobs) it is None or, where the task was pickled by value, another process's id.
 _launching_pid: int | None = None
@@ -190,10 +186,9 @@ def register_help_resolver() -> None:
 
 
 def run_hydra(command: str, args: list[str]) -> int:
-    global _sweep_dir, _launching_pid
+    global _launching_pid
     import hydra
 
-    _sweep_dir = None
     _launching_pid = os.getpid()
 
     stray = _stray_data_override(command, args)
@@ -209,12 +204,14 @@ def run_hydra(command: str, args: list[str]) -> int:
     from tl_cli.config.commands import register_command_schemas
     from tl_cli.config.paths import config_dir, register_resolvers
     from tl_cli.config.schema import register_schemas
+    from tl_cli.run import sweep_callback
 
     register_schemas()
     register_command_schemas()
     register_resolvers()
     register_help_resolver()
     ranks.reset()
+    sweep_callback.forget()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     config_name = command.replace("-", "_")  # lr-find: configs/lr_find.yaml
@@ -234,8 +231,11 @@ def run_hydra(command: str, args: list[str]) -> int:
         return report(ex)
     finally:
         sys.argv = saved_argv
-        if _sweep_dir:  # also after a failed job: the report lists what finished and what did not
-            print(f"report: tlcli report {_sweep_dir}", flush=True)
+        # the sweep folder, noted in this process by the Hydra callback of configs/hydra/default.yaml, also when
+        # the jobs ran elsewhere; also after a failed job: the report lists what finished and what did not
+        swept = sweep_callback.sweep_dir()
+        if swept:
+            print(f"report: tlcli report {swept}", flush=True)
     return 0
 
 

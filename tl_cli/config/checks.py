@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_cli import hardware
 from tl_cli.config.keys import trainer_arguments
+from tl_cli.config.strategies import get_strategy
 from tl_cli.errors import TlcliError, choose_from
-from tl_cli.transfer.strategies import get_strategy
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")

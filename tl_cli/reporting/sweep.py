@@ -1,6 +1,6 @@
 """The sweep model shared by `tlcli report` (report.py) and its study view (study.py).
 
-A sweep is the folder of a `tlcli train -m`; each job folder is a run directory (tl_cli/run/rundir.py).
+A sweep is the folder of a `tlcli train -m`; each job folder is a run directory (tl_cli/rundir.py).
 Finished jobs that differ only by seed form a `Group`, keyed by a `GroupKey` (strategy, backbone, weights,
 dataset, samples_per_class, lr). The statistics over seeds and the two decision rules live here, once:
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tl_cli.run.rundir import CONFIG, METRICS, OVERRIDES, RunDir
+from tl_cli.rundir import CONFIG, METRICS, OVERRIDES, RunDir
 from tl_cli.transfer.strategies import STRATEGIES
 
 Stat = tuple[float | None, float, int]  # (mean, sample std (0 for one run), number of runs) over seeds

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from tl_cli import hardware
 from tl_cli.errors import TlcliError
-from tl_cli.run.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
+from tl_cli.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
 from tl_cli.transfer.network import TransferNet
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from tl_cli.data.features import cache_decision, cached_feature_splits
 from tl_cli.errors import TlcliError
 from tl_cli.run.checkpoint_io import DirectCheckpointIO
 from tl_cli.run.resume import mark_started
-from tl_cli.run.rundir import MODEL, RunDir, Summary
+from tl_cli.rundir import MODEL, RunDir, Summary
 from tl_cli.transfer.callbacks import FreezeBackboneEpochs, GracefulInterrupt, RngState, Throughput, WeightEma
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import Strategy, apply_strategy, check_extension, get_strategy

@@ -311,7 +311,7 @@ def subsample(labels: np.ndarray, cap: int, num_classes: int, seed: int, split: 
 
 def trained_config(config: DictConfig, run_dir: Path | None) -> DictConfig:
     """A run's saved config with the strategy that actually trained: for strategy=auto, its summary.json's."""
-    from tl_cli.run.rundir import RunDir
+    from tl_cli.rundir import RunDir
 
     if run_dir is None or OmegaConf.select(config, "strategy.name") != "auto":
         return config

@@ -88,11 +88,11 @@ def describe(ex: BaseException) -> tuple[str, int]:
         found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))
         key = found.group(1) if found else "?"
         hint = did_you_mean(key, _known_keys_like(key))
-        return (
-            f"unknown config key '{key}'{hint}; add a new key with '+{key}=<value>' "
-            f"or list the valid keys with '--cfg job'",
-            EXIT_USAGE,
-        )
+        if key.startswith("trainer."):  # any lightning.Trainer argument, added with '+'
+            advice = "trainer.* keys are lightning.Trainer's arguments: add another with '+trainer.<argument>=<value>'"
+        else:
+            advice = f"add a new key with '+{key}=<value>' or list the valid keys with '--cfg job'"
+        return f"unknown config key '{key}'{hint}; {advice}", EXIT_USAGE
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "?"
         first = str(cause).splitlines()[0]

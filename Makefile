@@ -1,6 +1,6 @@
 # tlcli developer targets. Every target installs what it needs first.
 #   make train   the embedded default transfer job (offline, < 2 min on 2 CPU cores)
-#   make test    the test suite (installs the venv and Fashion-MNIST first)
+#   make test    the fast test suite (installs the venv and Fashion-MNIST first); make test-all: every test
 VENV        ?= .venv
 PYTHON      ?= python3
 PY          := $(VENV)/bin/python
@@ -11,7 +11,7 @@ FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: gpu-check install train test lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
+.PHONY: gpu-check install train test test-all lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
 
 install: $(VENV)/.installed
 
@@ -29,7 +29,12 @@ fashion-mnist:
 train: install
 	$(TLCLI) train
 
+# make test: the fast suite (every command, strategy and data source end to end on tiny configs); make test-all: also
+# the tests marked slow (the study rerun, the races, multi-process runs, compile); CI (.ci/run) runs test-all
 test: install fashion-mnist
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install fashion-mnist
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
@@ -103,14 +108,14 @@ study-runs: study-sources
 	  /usr/bin/time -a -o $$times -f "stage 1 (5 LRs x seed 0): %e s" \
 	    $(TLCLI) train -m experiment=study_$$t model.backbone=$$b $$sizes || exit 1; \
 	  /usr/bin/time -a -o $$times -f "grid extended past the edge choices (seed 0): %e s" \
-	    $(PY) -m tl_cli.reporting.extend_grid $$dir || exit 1; \
+	    $(PY) -m study.extend_grid $$dir || exit 1; \
 	  /usr/bin/time -a -o $$times -f "stage 2 (seeds 1, 2 at the chosen LRs): %e s" \
-	    $(PY) -m tl_cli.reporting.more_seeds $$dir 1,2 || exit 1; \
+	    $(PY) -m study.more_seeds $$dir 1,2 || exit 1; \
 	  /usr/bin/time -a -o $$times -f "strategy=auto, race and rule, seeds 0-2: %e s" $(TLCLI) train -m \
 	    experiment=study_$$t model.backbone=$$b $$sizes strategy=auto strategy.auto.method=race,rule \
 	    optim.lr=$(AUTO_LR) seed=0,1,2 || exit 1; \
 	  $(TLCLI) report $$dir || exit 1; \
-	  /usr/bin/time -a -o $$times -f "probe check: %e s" $(PY) -m tl_cli.reporting.probe_check $$dir || exit 1; \
+	  /usr/bin/time -a -o $$times -f "probe check: %e s" $(PY) -m study.probe_check $$dir || exit 1; \
 	  cp $$dir/study.csv $$dir/study.md $$dir/study.png $$dir/report.csv $$dir/probe_check.csv $$dir/auto.csv $$docs/; \
 	done
 
@@ -119,12 +124,12 @@ study: install fashion-mnist
 	TLCLI_OUTPUT_DIR=$(STUDY_BUDGET_OUT) $(MAKE) --no-print-directory study-runs \
 	  STUDY_RUNS="$(STUDY_BUDGET_RUNS)" STUDY_DOCS=$(STUDY_BUDGET_OUT)/docs || exit 1; \
 	echo "make study (sources included): $$(( $$(date +%s) - start )) s" | tee $(STUDY_BUDGET_OUT)/docs/wall_time.txt
-	$(PY) -m tl_cli.reporting.study_compare $(STUDY_BUDGET_OUT)/docs docs/study > $(STUDY_BUDGET_OUT)/docs/compare.md
+	$(PY) -m study.study_compare $(STUDY_BUDGET_OUT)/docs docs/study > $(STUDY_BUDGET_OUT)/docs/compare.md
 	@cat $(STUDY_BUDGET_OUT)/docs/compare.md
 
 study-full: install fashion-mnist
 	$(MAKE) --no-print-directory study-runs STUDY_DOCS=docs/study
-	$(PY) -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md
+	$(PY) -m study.study_doc docs/study.md docs/strategies-and-auto.md
 
 study-smoke: install
 	$(TLCLI) train -m experiment=study_smoke

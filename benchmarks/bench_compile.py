@@ -17,8 +17,8 @@ import lightning as L
 
 from benchmarks.bench_throughput import OPTIM, loader, make_net
 from benchmarks.common import machine, median, table
+from tl_cli import hardware
 from tl_cli.run.training import make_trainer
-from tl_cli.transfer import speed
 from tl_cli.transfer.callbacks import Throughput
 from tl_cli.transfer.module import TransferModule
 
@@ -39,13 +39,13 @@ class StepTimes(L.Callback):
 
 def run(backbone: str, img: int, batch: int, steps: int, warmup: int, compiled: bool) -> tuple[float, float]:
     """(images/s after warmup, compile seconds) of one Trainer fit."""
-    precision, channels_last, _ = speed.resolve("auto", "auto", "cpu")
+    precision, channels_last, _ = hardware.resolve("auto", "auto", "cpu")
     module = TransferModule(make_net(backbone, img, channels_last), 10, OPTIM, backbone=backbone)
     module.channels_last = channels_last
     check = 0.0
     if compiled:
         start = time.perf_counter()
-        speed.check_compile("cpu")
+        hardware.check_compile("cpu")
         check = time.perf_counter() - start
         module.compile_net = True
     times, throughput = StepTimes(), Throughput()

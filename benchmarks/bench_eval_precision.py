@@ -19,9 +19,9 @@ import timm
 import torch
 
 from benchmarks.common import machine, median, table
+from tl_cli import hardware
 from tl_cli.data.transforms import BatchNormalize
 from tl_cli.run.trained import Inference
-from tl_cli.transfer import speed
 from tl_cli.transfer.network import TransferNet
 
 SETTINGS = [("32-true", False), ("bf16-mixed", False), ("bf16-mixed", True)]
@@ -71,7 +71,7 @@ def main() -> None:
         name = setting[0] + (" + channels_last" if setting[1] else "")
         rows.append([name, f"{speed_:.0f}", f"{speed_ / base_speed:.2f}x", f"{diff:.4f}", f"{agree:.1%}"])
     native = (
-        torch.cuda.is_bf16_supported() if device.type == "cuda" else speed.cpu_has_native_bf16()
+        torch.cuda.is_bf16_supported() if device.type == "cuda" else hardware.cpu_has_native_bf16()
     )  # what trainer.precision=auto (and eval's precision=auto) decides by
     print(
         f"\neval precision, {args.backbone} @ {args.img}px, batch {batch}, {num_images} images on {device}: {machine()}"

@@ -155,13 +155,13 @@ CASES = [  # backbone, image size, batch, timed steps (under a minute per run on
 
 
 def main() -> None:
-    from tl_cli.transfer import speed
+    from tl_cli import hardware
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--precision", default="auto", help="auto: tlcli's default for this machine")
     args = parser.parse_args()
-    precision, channels_last, _ = speed.resolve(args.precision, "auto", "cpu")
+    precision, channels_last, _ = hardware.resolve(args.precision, "auto", "cpu")
     warmup, repeats = (3, 1) if args.quick else (10, 3)
     rows = []
     for backbone, img, batch, steps in CASES:

@@ -202,7 +202,7 @@ def main() -> None:
     if not PEER.is_file():
         print(f"bench_vs_timm: skipped, {PEER} is absent (timm's train.py, the peer to measure against)")
         return
-    from tl_cli.transfer.speed import cpu_has_native_bf16
+    from tl_cli.hardware import cpu_has_native_bf16
 
     bf16 = cpu_has_native_bf16()
     print(f"# tlcli vs timm train.py ({'bf16 autocast' if bf16 else 'fp32: no native bf16 on this CPU'}); {machine()}")

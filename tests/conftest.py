@@ -14,6 +14,22 @@ REPO = Path(__file__).resolve().parents[1]
 TLCLI = Path(sys.executable).with_name("tlcli")
 # timm test models: tiny, one per architecture family
 BACKBONES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+# The one smoke config of the tests (configs/experiment/smoke.yaml): a random tiny timm model on synthetic data,
+# 2 epochs on the CPU, no step minimum; seconds per run on 2 cores. Tests add what they vary to it.
+SMOKE = ["experiment=smoke"]
+# One short run of the embedded source in float32 (eval must reproduce its own test metrics): eval, predict, export
+USE_TRAIN = ["train", *SMOKE, "model=embedded", "strategy=extend_freeze"]
+USE_SHORT = ["trainer.max_epochs=1", "trainer.precision=32-true"]
+# A resumable run of the embedded source (BatchNorm throughout), 4 epochs, and an extra Lightning callback that
+# keeps every epoch's checkpoint: "killed after epoch k" = resume from epoch k's
+RESUMABLE = [*SMOKE, "model=embedded", "strategy=extend_finetune", "data.augment=true", "trainer.max_epochs=4"]
+KEEP_EPOCHS = [
+    "+callbacks.every_epoch._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+    "+callbacks.every_epoch.dirpath=${paths.output_dir}/epochs",
+    "+callbacks.every_epoch.save_top_k=-1",
+    "+callbacks.every_epoch.filename='e{epoch}'",
+    "+callbacks.every_epoch.auto_insert_metric_name=false",
+]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -21,7 +37,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--precision",
         default=None,
         help="replace what trainer.precision=auto picks for this session, e.g. --precision 32-true to run without "
-        "bf16 (sets TLCLI_PRECISION, tl_cli/transfer/speed.py; tlcli subprocesses inherit it)",
+        "bf16 (sets TLCLI_PRECISION, tl_cli/hardware.py; tlcli subprocesses inherit it)",
     )
 
 
@@ -49,26 +65,38 @@ def compose(overrides: list[str]):
         return hydra_compose(config_name="train", overrides=overrides)
 
 
-@pytest.fixture
-def tlcli(tmp_path):
-    """Run the installed `tlcli` command; returns the CompletedProcess."""
+def tlcli_runner(outputs: Path, default_cwd: Path):
+    """run(*args, env=None, timeout=600, cwd=None): the installed `tlcli` as a subprocess writing under `outputs`
+    (TLCLI_OUTPUT_DIR); returns the CompletedProcess. The `tlcli` fixture's, and that of module-scoped fixtures
+    which share one trained run among their tests."""
 
     def run(*args: str, env: dict | None = None, timeout: float = 600, cwd: Path | None = None):
-        full_env = {**os.environ, "TLCLI_OUTPUT_DIR": str(tmp_path / "outputs"), **(env or {})}
+        full_env = {**os.environ, "TLCLI_OUTPUT_DIR": str(outputs), **(env or {})}
         full_env.pop("TLCLI_DEBUG", None)
         return subprocess.run(
-            [str(TLCLI), *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd or tmp_path
+            [str(TLCLI), *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd or default_cwd
         )
 
     return run
 
 
-def run_dir_of(result) -> Path:
-    """The run directory printed on the last stdout line (`run_dir: <path>`)."""
+@pytest.fixture
+def tlcli(tmp_path):
+    """Run the installed `tlcli` command; returns the CompletedProcess."""
+    return tlcli_runner(tmp_path / "outputs", tmp_path)
+
+
+def last_line(result, key: str) -> Path:
+    """The path a successful command printed on its last stdout line as `<key>: <path>`."""
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith("run_dir: "), last
-    return Path(last.removeprefix("run_dir: "))
+    assert last.startswith(f"{key}: "), last
+    return Path(last.removeprefix(f"{key}: "))
+
+
+def run_dir_of(result) -> Path:
+    """The run directory printed on the last stdout line (`run_dir: <path>`)."""
+    return last_line(result, "run_dir")
 
 
 def summary_of(run_dir: Path) -> dict:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from types import ModuleType
 
 from tl_cli import __version__
-from tl_cli.errors import TlcliError, choose_from, describe, report
+from tl_cli.errors import EXIT_USAGE, TlcliError, choose_from, describe, report
 
 COMMANDS: dict[str, str] = {
     "train": "fit a transfer strategy on a timm backbone, test it, write a run directory",
@@ -58,10 +58,6 @@ examples:
   tlcli explain ckpt=<run dir> images=photos/     # <run dir>/explain/<image>.png heat maps
 """
 
-# The sweep folder of the `tlcli train -m` in progress, named after the sweep ends. Set in the launching
-# process by the Hydra callback in configs/hydra/default.yaml (tl_cli/run/sweep_callback.py), so also when the
-# jobs run elsewhere.
-_sweep_dir: str | None = None
 # The process that runs the Hydra app. In the jobs of out-of-process launchers (joblib workers, submitit/SLURM
 # jobs) it is None or, where the task was pickled by value, another process's id.
 _launching_pid: int | None = None
@@ -99,15 +95,22 @@ TRAINING_COMMANDS = ("train", "lr-find")
 
 def _task(command: str, args: list[str], argv0: str) -> Callable:
     def task(cfg) -> float | None:
+        fresh = None  # the run dir Hydra just made, while it holds only Hydra's record
         try:
             if command in TRAINING_COMMANDS:
                 from tl_cli.ranks import rerun_command
+                from tl_cli.run.command import fresh_run_dir
 
+                fresh = fresh_run_dir(cfg)
                 rerun_command(command, args, argv0)
             return _import_command(command).main(cfg)
         except SystemExit:
             raise
         except BaseException as ex:
+            if fresh is not None and describe(ex)[1] == EXIT_USAGE:  # bad input: leave no empty run dir behind
+                from tl_cli.run.command import discard_run_dir
+
+                discard_run_dir(fresh)
             if os.environ.get("TLCLI_DEBUG"):
                 raise
             if _launching_pid == os.getpid():  # one line, no traceback; inside Hydra so multirun stops cleanly
@@ -131,11 +134,13 @@ def _stray_data_override(command: str, args: list[str]) -> str | None:
     return next((a for a in args if a.lstrip("+~").startswith("data.")), None)
 
 
-def help_text(topic: str, command: str = "") -> str:
+def help_text(topic: str, command: str = "", *, _root_=None) -> str:
     """Text of the `--help` templates in configs/hydra/{default,command}.yaml, as `${tlcli_help:<topic>[,<command>]}`.
 
     strategies: one line per strategy with its `when` (tl_cli/transfer/strategies.py); about: the command's line of
-    COMMANDS; groups: the config groups the command's own config composes (its defaults list), with their options.
+    COMMANDS; groups: the config groups the command's own config composes (its defaults list), with their options,
+    internal presets left out; config: the composed config with only the chosen dataset's keys
+    (tl_cli/config/help.py).
     """
     if topic == "strategies":
         from tl_cli.transfer.strategies import help_text as strategies_help
@@ -144,23 +149,30 @@ def help_text(topic: str, command: str = "") -> str:
     if topic == "about":
         return COMMANDS.get(command, "")
     if topic == "groups":
-        return _command_groups(command)
+        return _command_groups(command, _root_)
+    if topic == "config":
+        from tl_cli.config.help import config_text
+
+        return config_text(_root_)
     raise ValueError(f"unknown help topic '{topic}'")
 
 
-def _command_groups(command: str) -> str:
-    """`== Configuration groups ==` of a command whose config composes groups (eval: data), else nothing."""
+def _command_groups(command: str, root=None) -> str:
+    """`== Configuration groups ==` of a command whose config composes groups (train: all of them; eval: data),
+    else nothing."""
     import yaml
 
+    from tl_cli.config.help import config_dirs, group_options
     from tl_cli.config.paths import config_dir
 
-    root = config_dir()
-    defaults = yaml.safe_load((root / f"{command}.yaml").read_text()).get("defaults", [])
+    top = config_dir()
+    defaults = yaml.safe_load((top / f"{command}.yaml").read_text()).get("defaults", [])
     groups = [next(iter(d)) for d in defaults if isinstance(d, dict) and len(d) == 1]
-    groups = [g for g in groups if (root / g).is_dir() and not g.startswith("hydra")]
+    groups = sorted(g for g in groups if (top / g).is_dir() and not g.startswith("hydra"))
     if not groups:
         return ""
-    lines = [f"{g}: {', '.join(sorted(p.stem for p in (root / g).glob('*.yaml')))}" for g in groups]
+    dirs = config_dirs(root)
+    lines = [f"{g}: {', '.join(group_options(g, dirs))}" for g in groups]
     return (
         "\n== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n"
         + "\n".join(lines)
@@ -177,10 +189,9 @@ def register_help_resolver() -> None:
 
 
 def run_hydra(command: str, args: list[str]) -> int:
-    global _sweep_dir, _launching_pid
+    global _launching_pid
     import hydra
 
-    _sweep_dir = None
     _launching_pid = os.getpid()
 
     stray = _stray_data_override(command, args)
@@ -196,12 +207,14 @@ def run_hydra(command: str, args: list[str]) -> int:
     from tl_cli.config.commands import register_command_schemas
     from tl_cli.config.paths import config_dir, register_resolvers
     from tl_cli.config.schema import register_schemas
+    from tl_cli.run import sweep_callback
 
     register_schemas()
     register_command_schemas()
     register_resolvers()
     register_help_resolver()
     ranks.reset()
+    sweep_callback.forget()
     # Let composition errors reach us (we print them as one line) instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     config_name = command.replace("-", "_")  # lr-find: configs/lr_find.yaml
@@ -221,8 +234,11 @@ def run_hydra(command: str, args: list[str]) -> int:
         return report(ex)
     finally:
         sys.argv = saved_argv
-        if _sweep_dir:  # also after a failed job: the report lists what finished and what did not
-            print(f"report: tlcli report {_sweep_dir}", flush=True)
+        # the sweep folder, noted in this process by the Hydra callback of configs/hydra/default.yaml, also when
+        # the jobs ran elsewhere; also after a failed job: the report lists what finished and what did not
+        swept = sweep_callback.sweep_dir()
+        if swept:
+            print(f"report: tlcli report {swept}", flush=True)
     return 0
 
 
@@ -252,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             args = resume_args(args)
         except TlcliError as ex:
             return report(ex)
+    elif command in TRAINING_COMMANDS:  # a given trainer.max_epochs is honoured (a resumed run keeps its record)
+        from tl_cli.config.epochs import honour_epochs
+
+        args = honour_epochs(args)
     if command == "report":
         return run_report(args)
     return run_hydra(command, args)

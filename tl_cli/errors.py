@@ -6,8 +6,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
-from typing import NoReturn
+from collections.abc import Iterable
 
 EXIT_USAGE = 2  # bad input: config, data, weights
 EXIT_FAILURE = 1  # anything unexpected
@@ -26,10 +25,10 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def choose_from(kind: str, value: object, choices: Iterable[str]) -> TlcliError:
-    """Error for a value that is not one of the valid choices."""
-    choices = sorted(choices)
-    listed = ", ".join(choices) if len(choices) <= 12 else ", ".join(choices[:12]) + ", ..."
+def choose_from(kind: str, value: object, choices: Iterable[str], limit: int = 12) -> TlcliError:
+    """Error for a value that is not one of the valid choices (the first `limit` of them listed)."""
+    choices = sorted(set(choices))
+    listed = ", ".join(choices) if len(choices) <= limit else ", ".join(choices[:limit]) + ", ..."
     return TlcliError(f"unknown {kind} '{value}'{did_you_mean(str(value), choices)}; choose one of: {listed}")
 
 
@@ -51,6 +50,16 @@ def _known_config_keys() -> list[str]:
 
     keys = list(walk(OmegaConf.to_container(OmegaConf.structured(TrainConfig)), ""))
     return [k for k in keys if k]
+
+
+def _known_keys_like(key: str) -> list[str]:
+    """The valid keys a typo of `key` may have meant: trainer.* keys are lightning.Trainer's arguments (the
+    schema leaves the trainer group open), the others the train schema's."""
+    if key.startswith("trainer."):
+        from tl_cli.config.keys import trainer_arguments
+
+        return [f"trainer.{name}" for name in trainer_arguments()]
+    return _known_config_keys()
 
 
 def describe(ex: BaseException) -> tuple[str, int]:
@@ -81,12 +90,12 @@ def describe(ex: BaseException) -> tuple[str, int]:
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))
         key = found.group(1) if found else "?"
-        hint = did_you_mean(key, _known_config_keys())
-        return (
-            f"unknown config key '{key}'{hint}; add a new key with '+{key}=<value>' "
-            f"or list the valid keys with '--cfg job'",
-            EXIT_USAGE,
-        )
+        hint = did_you_mean(key, _known_keys_like(key))
+        if key.startswith("trainer."):  # any lightning.Trainer argument, added with '+'
+            advice = "trainer.* keys are lightning.Trainer's arguments: add another with '+trainer.<argument>=<value>'"
+        else:
+            advice = f"add a new key with '+{key}=<value>' or list the valid keys with '--cfg job'"
+        return f"unknown config key '{key}'{hint}; {advice}", EXIT_USAGE
     if isinstance(cause, ValidationError):
         key = getattr(cause, "full_key", "") or "?"
         first = str(cause).splitlines()[0]
@@ -129,12 +138,3 @@ def report(ex: BaseException) -> int:
     sys.stdout.flush()
     print(f"tlcli: error: {message}", file=sys.stderr, flush=True)
     return code
-
-
-def run_module(main: Callable[[list[str]], int], errors: tuple[type[BaseException], ...] = ()) -> NoReturn:
-    """`python -m tl_cli...` entry points: exit with main(argv)'s code, or the one-line error of a TlcliError
-    (or of one of `errors`)."""
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (TlcliError, *errors) as ex:
-        sys.exit(report(ex))

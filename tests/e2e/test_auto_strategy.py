@@ -13,6 +13,7 @@ FIGURES = ("samples_per_class", "probe_acc_source", "probe_acc_random", "gain", 
 THRESHOLDS = {"large_min_per_class": 100, "min_gain": 0.02, "similar_min_score": 0.8}
 
 
+@pytest.mark.slow  # strategy=auto's probes on digits
 def test_auto_on_the_embedded_default(tlcli) -> None:
     """Embedded Fashion-MNIST source -> digits (10 per class, one epoch)."""
     overrides = ["data.samples_per_class=10", "trainer.max_epochs=1"]

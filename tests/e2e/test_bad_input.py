@@ -11,9 +11,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import assert_one_line_error, run_dir_of, summary_of, write_images, write_unreadable
+from tests.conftest import SMOKE, assert_one_line_error, run_dir_of, summary_of, write_images, write_unreadable
 
-SMOKE = ["experiment=smoke", "trainer.max_epochs=1"]
+ONE_EPOCH = [*SMOKE, "trainer.max_epochs=1"]
 
 
 def folder_case(tmp: Path, case: str) -> Path:
@@ -51,7 +51,7 @@ def folder_case(tmp: Path, case: str) -> Path:
 )
 def test_bad_image_folders(tlcli, tmp_path: Path, case: str, needles: list[str]) -> None:
     root = folder_case(tmp_path, case)
-    result = tlcli("train", *SMOKE, "data=image_folder", f"data.root={root}", "data.num_workers=0")
+    result = tlcli("train", *ONE_EPOCH, "data=image_folder", f"data.root={root}", "data.num_workers=0")
     assert_one_line_error(result, *needles)
 
 
@@ -63,7 +63,7 @@ def test_bad_image_files_are_skipped_and_counted(tlcli, tmp_path: Path) -> None:
     (root / "train" / "dog" / "text.jpg").write_text("hello")
     good = (root / "train" / "cat" / "0.png").read_bytes()
     (root / "train" / "dog" / "truncated.png").write_bytes(good[: len(good) // 2])
-    result = tlcli("train", *SMOKE, "data=image_folder", f"data.root={root}", "data.num_workers=0")
+    result = tlcli("train", *ONE_EPOCH, "data=image_folder", f"data.root={root}", "data.num_workers=0")
     summary = summary_of(run_dir_of(result))
     assert (result.stdout + result.stderr).count("skipped 3 unreadable image file(s)") == 1
     assert summary["unreadable_files"] == 3 and sum(summary["split_sizes"].values()) == 23
@@ -74,7 +74,7 @@ def test_undecodable_files_are_counted_across_workers(tlcli, tmp_path: Path) -> 
     root = tmp_path / "pets"
     write_images(root, {"cat": 6, "dog": 6})
     garbage, _ = write_unreadable(root / "dog")
-    result = tlcli("train", *SMOKE, "data=image_folder", f"data.root={root}", "data.num_workers=2")
+    result = tlcli("train", *ONE_EPOCH, "data=image_folder", f"data.root={root}", "data.num_workers=2")
     summary = summary_of(run_dir_of(result))
     output = result.stdout + result.stderr
     assert output.count("unreadable image file") == 1 and f"(e.g. {garbage})" in output
@@ -104,14 +104,14 @@ def test_bad_weights_files(tlcli, tmp_path: Path, kind: str) -> None:
 
         path.write_bytes(pickle.dumps({"state_dict": Path("/tmp")}))  # an object weights_only refuses
         needles = ["refusing to load"]
-    result = tlcli("train", *SMOKE, "strategy=freeze", f"model.weights={path}")
+    result = tlcli("train", *ONE_EPOCH, "strategy=freeze", f"model.weights={path}")
     assert_one_line_error(result, str(path), *needles)
 
 
 def test_unwritable_output_folder(tlcli, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    result = tlcli("train", *SMOKE, env={"TLCLI_OUTPUT_DIR": str(blocker / "outputs")})
+    result = tlcli("train", *ONE_EPOCH, env={"TLCLI_OUTPUT_DIR": str(blocker / "outputs")})
     assert_one_line_error(result, str(blocker), "writable")
     assert blocker.read_text() == "a file where a folder should be"
 
@@ -121,14 +121,14 @@ def test_nan_loss_stops_with_epoch_and_step(tlcli, tmp_path: Path) -> None:
     # validation must catch it
     overrides = ["optim.lr=1e30", "optim.name=sgd", "trainer.precision=32-true", "trainer.log_every_n_steps=1000"]
     overrides.append("+callbacks.model_checkpoint.save_on_train_epoch_end=false")
-    result = tlcli("train", *SMOKE, "strategy=scratch", *overrides)
+    result = tlcli("train", *ONE_EPOCH, "strategy=scratch", *overrides)
     assert_one_line_error(result, "training loss became", "epoch 0, step", "lower optim.lr")
     # stopped before validation could checkpoint the nan weights
     assert not list((tmp_path / "outputs").rglob("*.ckpt"))
 
 
 def test_a_failed_run_leaves_earlier_runs_untouched(tlcli, tmp_path: Path) -> None:
-    first = run_dir_of(tlcli("train", *SMOKE))
+    first = run_dir_of(tlcli("train", *ONE_EPOCH))
     digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in first.rglob("*") if p.is_file()}
-    assert_one_line_error(tlcli("train", *SMOKE, "data=image_folder", "data.root=/nonexistent"), "/nonexistent")
+    assert_one_line_error(tlcli("train", *ONE_EPOCH, "data=image_folder", "data.root=/nonexistent"), "/nonexistent")
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in first.rglob("*") if p.is_file()} == digest

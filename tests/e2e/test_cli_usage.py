@@ -87,12 +87,22 @@ assert _import_command("train") is module
         (["optim.lr=-1"], ["optim.lr=-1"]),
         (["data=image_folder", "data.root=/nonexistent/pets"], ["/nonexistent/pets", "does not exist"]),
         (["+trainer.max_epoch=3"], ["unknown trainer key 'max_epoch'", "max_epochs"]),
+        (["trainer.max_epoch=3"], ["unknown config key 'trainer.max_epoch'", "did you mean 'trainer.max_epochs'"]),
+        (["optim.name=adamww"], ["unknown optim.name 'adamww'", "did you mean 'adamw'"]),
+        (["trainer.precision=bf17"], ["unknown trainer.precision 'bf17'", "bf16-mixed", "32-true", "auto"]),
+        (["data=synthetic", "data.root=/nonexistent/x"], ["/nonexistent/x", "does not exist"]),
         (["strategy=freeze", "strategy.extension.hidden_dims=[8]"], ["strategy=extend_freeze"]),
         (["model.weights=/nonexistent/w.safetensors"], ["/nonexistent/w.safetensors"]),
     ],
 )
-def test_bad_input_is_one_line(tlcli, args: list[str], needles: list[str]) -> None:
-    assert_one_line_error(tlcli("train", "experiment=smoke", *args), *needles)
+def test_bad_input_is_one_line(tlcli, tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    """Checked before any backbone or data is built (no log line of building them), and the run dir Hydra made
+    for the failed command is gone."""
+    result = tlcli("train", "experiment=smoke", *args)
+    assert_one_line_error(result, *needles)
+    assert "backbone=" not in result.stdout + result.stderr and "data synthetic:" not in result.stdout
+    runs = tmp_path / "outputs" / "train" / "runs"
+    assert not runs.is_dir() or not any(runs.iterdir()), list(runs.iterdir())
 
 
 def test_unknown_command(tlcli) -> None:

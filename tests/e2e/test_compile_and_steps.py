@@ -14,9 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import assert_one_line_error, compose, run_dir_of, summary_of
+from tests.conftest import SMOKE, assert_one_line_error, compose, run_dir_of, summary_of
 
-SMOKE = ["experiment=smoke"]
 ASSETS = Path(__file__).resolve().parents[2] / "tl_cli" / "assets"
 
 
@@ -42,6 +41,7 @@ def test_compile_where_the_backend_cannot_build_is_one_line(tlcli, tmp_path: Pat
     assert not list((tmp_path / "outputs").rglob("summary.json"))
 
 
+@pytest.mark.slow  # torch.compile builds C++ kernels on the CPU
 def test_compiled_training_saves_eager_weights_keeps_the_frozen_backbone_and_reports_its_compile_time(
     tlcli, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -59,6 +60,7 @@ def test_devices_2_gives_one_run_dir(tlcli, tmp_path: Path) -> None:
     assert summary_of(run)["epochs"] == 3
 
 
+@pytest.mark.slow  # several processes, each importing torch (test_devices_2_gives_one_run_dir runs DDP by default)
 def test_ddp_ranks_agree_on_resuming_and_on_their_validation_steps(tlcli, tmp_path: Path) -> None:
     """Two ways ranks used to part and hang. (1) A run dir holding another config's finished run: rank 0 starts
     afresh and writes its config.sha beside the old last.ckpt; a rank that decided for itself would then resume.
@@ -75,6 +77,7 @@ def test_ddp_ranks_agree_on_resuming_and_on_their_validation_steps(tlcli, tmp_pa
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
+@pytest.mark.slow  # several processes, each importing torch (test_devices_2_gives_one_run_dir runs DDP by default)
 def test_ddp_sweep_relaunches_only_the_current_job(tlcli, tmp_path: Path) -> None:
     result = tlcli(
         "train", "-m", "experiment=smoke", "model=embedded", "strategy=freeze,finetune", "trainer=ddp",
@@ -108,6 +111,7 @@ def _finish(procs: list[subprocess.Popen]) -> list[str]:
     return outs
 
 
+@pytest.mark.slow  # several processes, each importing torch (test_devices_2_gives_one_run_dir runs DDP by default)
 def test_torchrun_one_node(tmp_path: Path) -> None:
     proc = _torchrun(
         tmp_path, ["--nproc-per-node=2", "--master-port=29541"],
@@ -119,6 +123,7 @@ def test_torchrun_one_node(tmp_path: Path) -> None:
     assert (run / "train_rank1.log").is_file()
 
 
+@pytest.mark.slow  # several processes, each importing torch (test_devices_2_gives_one_run_dir runs DDP by default)
 def test_two_nodes_share_one_run_dir(tmp_path: Path) -> None:
     """Two `torchrun --nnodes=2` processes on 127.0.0.1 stand in for two machines sharing an output folder."""
     nodes = [
@@ -136,6 +141,7 @@ def test_two_nodes_share_one_run_dir(tmp_path: Path) -> None:
     assert summary_of(run)["split_sizes"]["train"] == 128
 
 
+@pytest.mark.slow  # several processes, each importing torch (test_devices_2_gives_one_run_dir runs DDP by default)
 def test_srun_tasks_share_one_run_dir_named_after_the_job(tmp_path: Path) -> None:
     """What `srun --ntasks-per-node=2 tlcli train ...` starts: two tasks with SLURM's variables (set here by hand:
     no SLURM on this machine); Lightning's SLURM environment joins them, the job and step ids name the run."""
@@ -169,6 +175,7 @@ def test_race_and_lr_find_refuse_several_devices(tlcli) -> None:
     assert_one_line_error(tlcli("lr-find", *two, "strategy=finetune"), "lr-find", "one device")
 
 
+@pytest.mark.slow  # several processes, each importing torch (test_devices_2_gives_one_run_dir runs DDP by default)
 def test_two_ranks_train_as_one_process_at_the_global_batch(tlcli, tmp_path: Path) -> None:
     """data.batch_size is per device: 2 ranks at 8 each take the same optimizer steps, on the same images, as one
     process at 16 (a model without BatchNorm, fp32), so the weights agree to float rounding; one process at 8

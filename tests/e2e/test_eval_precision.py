@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TLCLI, assert_one_line_error, run_dir_of
-from tests.e2e.test_use_model import SHORT, TRAIN, last_line
+from tests.conftest import USE_SHORT, USE_TRAIN, assert_one_line_error, last_line, run_dir_of, tlcli_runner
 
 ACC_POINTS = 0.02
 TOP1_AGREEMENT = 0.9
@@ -32,18 +30,13 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cli(work: Path) -> Callable[..., subprocess.CompletedProcess]:
-    def run(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "TLCLI_OUTPUT_DIR": str(work / "outputs")}
-        env.pop("TLCLI_DEBUG", None)
-        return subprocess.run([str(TLCLI), *args], capture_output=True, text=True, env=env, timeout=600, cwd=work)
-
-    return run
+    return tlcli_runner(work / "outputs", work)
 
 
 @pytest.fixture(scope="module")
 def trained(cli) -> Path:
-    """One tiny fp32 run (test_use_model.py's recipe) shared by the tests here."""
-    return run_dir_of(cli(*TRAIN, *SHORT))
+    """One tiny fp32 run (conftest's USE_TRAIN, as test_use_model.py's) shared by the tests here."""
+    return run_dir_of(cli(*USE_TRAIN, *USE_SHORT))
 
 
 def evaluate(cli, run: Path, work: Path, precision: str) -> dict:

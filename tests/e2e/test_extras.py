@@ -14,7 +14,7 @@ from pathlib import Path, PurePath
 
 import pytest
 
-from tests.conftest import REPO, assert_one_line_error
+from tests.conftest import REPO, SMOKE, assert_one_line_error
 
 NAMESPACES = ("hydra_plugins",)  # shared by several distributions: leave out only the distribution's part
 
@@ -57,7 +57,6 @@ def tlcli_without(tmp_path: Path, distributions: tuple[str, ...], *args: str) ->
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
 
 
-SMOKE = ("experiment=smoke",)
 CASES = {
     "export": (
         ("onnx", "onnxruntime"),

@@ -17,10 +17,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import assert_one_line_error, run_dir_of, summary_of
-from tests.e2e.test_reliability import KEEP_EPOCHS, RUN
+from tests.conftest import KEEP_EPOCHS, RESUMABLE, SMOKE, assert_one_line_error, run_dir_of, summary_of
 
-SMOKE = ["experiment=smoke"]
+RUN = RESUMABLE
 ASSETS = Path(__file__).resolve().parents[2] / "tl_cli" / "assets"
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import run_dir_of, summary_of
+from tests.conftest import SMOKE, run_dir_of, summary_of
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make gpu-check)"),
 ]
-GPU_SMOKE = ["experiment=smoke", "trainer.accelerator=gpu"]
+GPU_SMOKE = [*SMOKE, "trainer.accelerator=gpu"]
 
 
 def test_precision_auto_is_bf16_mixed_on_a_bf16_gpu() -> None:
-    from tl_cli.transfer.speed import resolve
+    from tl_cli.hardware import resolve
 
     precision, channels_last, _ = resolve("auto", "auto", "gpu")
     assert precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")

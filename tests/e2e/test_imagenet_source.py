@@ -17,6 +17,8 @@ from tl_cli.errors import TlcliError
 from tl_cli.transfer.imagenet_source import BACKBONE, main, map_by_position
 from tl_cli.transfer.weights import create_backbone
 
+pytestmark = pytest.mark.slow  # converts and checks a real ImageNet EfficientNet-Lite0
+
 
 def test_converts_checks_and_loads_as_backbone(tmp_path, capsys):
     out = tmp_path / "src" / "lite0.safetensors"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import pytest
 import yaml
 from hydra.core.utils import JobStatus
 
@@ -41,6 +42,7 @@ def test_joblib_launcher_runs_one_run_dir_per_job(tlcli, tmp_path: Path) -> None
     assert result.stdout.strip().splitlines()[-1] == f"report: tlcli report {sweep}"
 
 
+@pytest.mark.slow  # several jobs in their own processes (joblib's test runs by default)
 def test_submitit_local_jobs_return_the_optimized_metric_and_errors_come_back(tlcli, tmp_path: Path) -> None:
     sweep = tmp_path / "s"
     result = tlcli(
@@ -66,6 +68,7 @@ def test_submitit_local_jobs_return_the_optimized_metric_and_errors_come_back(tl
     assert returned["optim.lr=-1"].status == JobStatus.FAILED
 
 
+@pytest.mark.slow  # several jobs in their own processes (joblib's test runs by default)
 def test_optuna_search_maximises_val_acc_over_its_trials(tlcli, tmp_path: Path) -> None:
     sweep = tmp_path / "s"
     result = tlcli(  # no -m: the preset sets hydra.mode=MULTIRUN

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tests.conftest import assert_one_line_error, compose, run_dir_of
+from tests.conftest import SMOKE, assert_one_line_error, compose, run_dir_of
 
-SMOKE = ["experiment=smoke", "model=embedded"]
+EMBEDDED = [*SMOKE, "model=embedded"]
 SWEEP = {"min_lr": 1e-5, "max_lr": 0.5, "num_training": 30}
 SWEEP_ARGS = [f"lr_find.{k}={v}" for k, v in SWEEP.items()]
 
@@ -17,7 +17,7 @@ SWEEP_ARGS = [f"lr_find.{k}={v}" for k, v in SWEEP.items()]
 @pytest.mark.parametrize("strategy", ["freeze", "finetune"])  # head only (feature cache on); every layer
 def test_lr_find_prints_a_suggestion_and_writes_plot_and_json(tlcli, strategy: str) -> None:
     # smoke's 2 epochs of 2 batches are far fewer than num_training: the sweep still takes all its steps
-    result = tlcli("lr-find", *SMOKE, f"strategy={strategy}", *SWEEP_ARGS)
+    result = tlcli("lr-find", *EMBEDDED, f"strategy={strategy}", *SWEEP_ARGS)
     run_dir = run_dir_of(result)
     assert run_dir.parent.parent.name == "lr_find"  # outputs/lr_find/runs/<time>, beside train's runs
     match = re.search(r"^suggested optim\.lr=(\S+)$", result.stdout, re.MULTILINE)
@@ -34,7 +34,7 @@ def test_lr_find_prints_a_suggestion_and_writes_plot_and_json(tlcli, strategy: s
     assert not list(run_dir.glob(".lr_find_*.ckpt")), "Lightning's temporary checkpoint is removed"
 
     # the printed line pastes into `tlcli train` as it is
-    pasted = compose([*SMOKE, f"strategy={strategy}", match.group(0).removeprefix("suggested ")])
+    pasted = compose([*EMBEDDED, f"strategy={strategy}", match.group(0).removeprefix("suggested ")])
     assert pasted.optim.lr == suggested
 
 
@@ -48,7 +48,7 @@ def test_lr_find_prints_a_suggestion_and_writes_plot_and_json(tlcli, strategy: s
     ],
 )
 def test_lr_find_bad_values_are_one_line(tlcli, args: list[str], needles: list[str]) -> None:
-    result = tlcli("lr-find", *SMOKE, *args)
+    result = tlcli("lr-find", *EMBEDDED, *args)
     assert_one_line_error(result, *needles)
     assert "tl_cli.data" not in result.stderr + result.stdout, "refused before any data is built"
 

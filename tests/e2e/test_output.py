@@ -14,9 +14,8 @@ import termios
 import threading
 from pathlib import Path
 
-from tests.conftest import TLCLI, run_dir_of
+from tests.conftest import SMOKE, TLCLI, run_dir_of
 
-SMOKE = ["experiment=smoke", "trainer.max_epochs=2"]
 EPOCH_LINE = re.compile(
     r"epoch (\d+)/2  train loss [\d.]+ acc [\d.]+  val loss [\d.]+ acc [\d.]+  \d+ img/s  lr [\d.e+-]+  [\d.]+ s$"
 )

@@ -26,6 +26,9 @@ def test_wheel_ships_configs_and_assets(tmp_path: Path) -> None:
     assert (site / "tl_cli" / "configs" / "train.yaml").is_file()
     assert (site / "tl_cli" / "configs" / "strategy" / "freeze.yaml").is_file()
     assert (site / "tl_cli" / "assets" / "fashion_mnist_test_resnet.safetensors").is_file()
+    # the study's tools stay in the repo (study/), not in the product
+    assert not (site / "study").exists() and (site / "tl_cli" / "reporting" / "report.py").is_file()
+    assert not list(site.rglob("extend_grid.py")) and not list(site.rglob("study_doc.py"))
     env = {**os.environ, "PYTHONPATH": str(site)}
     code = (
         "import tl_cli, sys; from tl_cli.config.paths import config_dir; "

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from tests.conftest import compose, run_dir_of, summary_of
+from tests.conftest import SMOKE, compose, run_dir_of, summary_of
 
-SMOKE = ["experiment=smoke", "trainer.max_epochs=4", "callbacks.model_checkpoint.monitor=null"]
+RACE = [*SMOKE, "trainer.max_epochs=4", "callbacks.model_checkpoint.monitor=null"]
 ALL_TIED = ["strategy=auto", "strategy.auto.tie_se=1000"]
 
 
@@ -22,10 +23,11 @@ def _weights(checkpoint) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
 
 
+@pytest.mark.slow  # a race: every candidate trains, then the winner
 def test_the_race_winner_continues_exactly_as_a_straight_run(tlcli, tmp_path) -> None:
-    race = tlcli("train", *ALL_TIED, *SMOKE)
+    race = tlcli("train", *ALL_TIED, *RACE)
     run_dir = run_dir_of(race)
-    straight = run_dir_of(tlcli("train", "strategy=finetune", *SMOKE))
+    straight = run_dir_of(tlcli("train", "strategy=finetune", *RACE))
     auto = summary_of(run_dir)["strategy_auto"]
     assert auto["method"] == "race" and auto["chosen"] == "finetune"
     assert "strategy=auto chose finetune by race" in race.stderr + race.stdout
@@ -55,6 +57,7 @@ def test_the_race_winner_continues_exactly_as_a_straight_run(tlcli, tmp_path) ->
     assert abs(metrics["acc"] - summary_of(run_dir)["metrics"]["test/acc"]) < 1e-6
 
 
+@pytest.mark.slow  # a race: every candidate trains, then the winner
 def test_the_continued_winner_chooses_its_best_epoch_over_the_race_epochs_too(tlcli) -> None:
     """With the default monitor (val/acc), the continued run keeps its checkpoint callback's state from the race:
     Lightning drops it, with a warning, when the checkpoint folder changed. Its best checkpoint is a straight run's."""
@@ -70,20 +73,22 @@ def test_the_continued_winner_chooses_its_best_epoch_over_the_race_epochs_too(tl
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # a race: every candidate trains, then the winner
 def test_a_frozen_winner_replaces_the_continued_run(tlcli) -> None:
-    result = tlcli("train", *ALL_TIED, "strategy.auto.prior=extend_freeze", *SMOKE)
+    result = tlcli("train", *ALL_TIED, "strategy.auto.prior=extend_freeze", *RACE)
     run_dir = run_dir_of(result)
     summary = summary_of(run_dir)
     auto = summary["strategy_auto"]
     assert auto["chosen"] == "extend_freeze" and auto["candidates"]["finetune"]["stage"] == "continued"
     from tl_cli.run.training import build_job
 
-    expected = build_job(compose(["strategy=extend_freeze", *SMOKE])).net.param_counts()
+    expected = build_job(compose(["strategy=extend_freeze", *RACE])).net.param_counts()
     assert summary["strategy"] == "auto" and summary["params"] == expected
     assert (run_dir / "auto/finetune/continued/metrics.csv").is_file()  # the continued run, set aside
     assert summary["feature_cache"] is True
 
 
+@pytest.mark.slow  # a race: every candidate trains, then the winner
 def test_a_frozen_winner_stopped_while_it_retrains_resumes_as_itself(tlcli, tmp_path) -> None:
     """race.json records a frozen winner before it retrains in the run dir, so a rerun resumes the frozen winner
     from its own last.ckpt, not the continued leader (whose optimizer and layers differ)."""
@@ -97,11 +102,12 @@ def test_a_frozen_winner_stopped_while_it_retrains_resumes_as_itself(tlcli, tmp_
     assert summary_of(run_dir_of(again))["strategy_auto"]["chosen"] == "extend_freeze"
 
 
+@pytest.mark.slow  # a race: every candidate trains, then the winner
 def test_a_scratch_winner_records_the_lr_it_trained_at(tlcli) -> None:
     """scratch races and continues at optim.lr x scratch_lr_mult; strategy_auto.lr says so, summary.json's lr
     stays the command's (a sweep's key)."""
     result = tlcli("train", *ALL_TIED, "strategy.auto.prior=scratch", "strategy.auto.scratch_lr_mult=0.5",
-                   "optim.lr=0.02", *SMOKE)  # fmt: skip
+                   "optim.lr=0.02", *RACE)  # fmt: skip
     summary = summary_of(run_dir_of(result))
     auto = summary["strategy_auto"]
     assert auto["chosen"] == "scratch" and auto["candidates"]["scratch"]["stage"] == "continued"
@@ -109,7 +115,7 @@ def test_a_scratch_winner_records_the_lr_it_trained_at(tlcli) -> None:
 
 
 def test_a_tiny_val_set_takes_the_prior_without_a_race(tlcli) -> None:
-    result = tlcli("train", "strategy=auto", "strategy.auto.min_val_per_class=1000", *SMOKE)
+    result = tlcli("train", "strategy=auto", "strategy.auto.min_val_per_class=1000", *RACE)
     auto = summary_of(run_dir_of(result))["strategy_auto"]
     assert auto["chosen"] == "finetune" and auto["why"].startswith("no race:")
     assert auto["candidates"] == {}

@@ -12,17 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TLCLI, assert_one_line_error, run_dir_of, summary_of
+from tests.conftest import KEEP_EPOCHS, RESUMABLE, TLCLI, assert_one_line_error, run_dir_of, summary_of
 
-RUN = ["experiment=smoke", "model=embedded", "strategy=extend_finetune", "data.augment=true", "trainer.max_epochs=4"]
-# an extra Lightning callback that keeps every epoch's checkpoint: "killed after epoch k" = resume from epoch k's
-KEEP_EPOCHS = [
-    "+callbacks.every_epoch._target_=lightning.pytorch.callbacks.ModelCheckpoint",
-    "+callbacks.every_epoch.dirpath=${paths.output_dir}/epochs",
-    "+callbacks.every_epoch.save_top_k=-1",
-    "+callbacks.every_epoch.filename='e{epoch}'",
-    "+callbacks.every_epoch.auto_insert_metric_name=false",
-]
+RUN = RESUMABLE
 
 
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tlcli, tmp_path: Path) -> None:

@@ -10,6 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # the CI-sized study: 44 training jobs
+
 
 def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> None:
     sweep = tmp_path / "outputs" / "study" / "smoke_test_resnet"
@@ -47,10 +53,11 @@ def test_study_smoke_picks_lr_on_val_and_scores_auto(tlcli, tmp_path: Path) -> N
     assert (sweep / "study.png").stat().st_size > 20_000
 
     probe = subprocess.run(
-        [sys.executable, "-m", "tl_cli.reporting.probe_check", str(sweep)],
+        [sys.executable, "-m", "study.probe_check", str(sweep)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TLCLI_OUTPUT_DIR": str(tmp_path / "outputs")},
+        # study/ is not in the package: the repo root on the path, as `make study` has it (run from the root)
+        env={**os.environ, "TLCLI_OUTPUT_DIR": str(tmp_path / "outputs"), "PYTHONPATH": str(REPO)},
         cwd=tmp_path,
     )
     assert probe.returncode == 0, probe.stderr[-3000:]

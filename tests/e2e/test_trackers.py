@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_dir_of
+from tests.conftest import SMOKE, run_dir_of
 
-SMOKE = ["experiment=smoke", "trainer.max_epochs=2", "strategy=freeze", "model=embedded"]
+TRACKED = [*SMOKE, "strategy=freeze", "model=embedded"]
 # Any HTTP(S) request would go to a closed local port and fail: the runs must not need one.
 NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}
 
@@ -22,7 +22,7 @@ def _csv_epochs(run_dir: Path) -> set[str]:
 
 def test_mlflow_logger_writes_a_local_run_with_the_metrics(tlcli, monkeypatch) -> None:
     pytest.importorskip("mlflow")
-    run_dir = run_dir_of(tlcli("train", *SMOKE, "logger=mlflow", env=NO_NETWORK))
+    run_dir = run_dir_of(tlcli("train", *TRACKED, "logger=mlflow", env=NO_NETWORK))
     assert _csv_epochs(run_dir) == {"0", "1"}, "metrics.csv is still written beside the tracker"
 
     from mlflow.tracking import MlflowClient
@@ -41,7 +41,7 @@ def test_wandb_logger_writes_an_offline_run(tlcli) -> None:
     pytest.importorskip("wandb")
     # no WANDB_MODE: offline comes from configs/logger/wandb.yaml; no API key either
     env = {**NO_NETWORK, "WANDB_API_KEY": "", "WANDB_MODE": ""}
-    result = tlcli("train", *SMOKE, "logger=wandb", env=env)
+    result = tlcli("train", *TRACKED, "logger=wandb", env=env)
     run_dir = run_dir_of(result)  # also: `run_dir:` stays the last stdout line (wandb's end-of-run lines are off)
     assert _csv_epochs(run_dir) == {"0", "1"}
     (offline,) = (run_dir / "wandb").glob("offline-run-*")

@@ -12,9 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.conftest import run_dir_of, summary_of
+from tests.conftest import SMOKE, run_dir_of, summary_of
 
-SMOKE = ["experiment=smoke", "trainer.max_epochs=2"]
 STRATEGIES = ["freeze", "finetune", "extend_freeze", "extend_finetune", "scratch"]
 
 
@@ -177,3 +176,13 @@ def test_model_file_metadata_names_the_backbone(tlcli) -> None:
     run_dir = run_dir_of(tlcli("train", *SMOKE, "strategy=finetune", "trainer.max_epochs=1"))
     with safe_open(str(run_dir / "model.safetensors"), framework="pt") as f:
         assert f.metadata()["backbone"] == "test_resnet"
+
+
+def test_fashion_mnist_end_to_end(tlcli) -> None:
+    """The one built-in source no other default test trains on (Debian's dataset-fashion-mnist, `make test`
+    installs it): two classes, 2 images each, the tiny model, one epoch."""
+    args = ["data=fashion_mnist", "data.classes=[0,1]", "data.samples_per_class=2", "model=tiny", "model.in_chans=1"]
+    run = run_dir_of(tlcli("train", *SMOKE, *args, "strategy=freeze", "trainer.max_epochs=1"))
+    summary = summary_of(run)
+    assert summary["dataset"] == "fashion_mnist" and summary["num_classes"] == 2
+    assert summary["split_sizes"]["train"] == 4 and summary["split_sizes"]["test"] == 2000

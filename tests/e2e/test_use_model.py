@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TLCLI, assert_one_line_error, run_dir_of, summary_of
+from tests.conftest import USE_SHORT, USE_TRAIN, assert_one_line_error, last_line, run_dir_of, summary_of, tlcli_runner
 
 # the embedded Fashion-MNIST source model on synthetic data (4 classes), one epoch: seconds on 2 cores.
 # float32 like eval, so eval must reproduce training's own test metrics (CPU training may default to bf16)
-TRAIN = ["train", "experiment=smoke", "model=embedded", "strategy=extend_freeze"]
-SHORT = ["trainer.max_epochs=1", "trainer.precision=32-true"]
+TRAIN, SHORT = USE_TRAIN, USE_SHORT
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
 
 
@@ -30,18 +28,10 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cli(work: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """`tlcli` as a subprocess for module-scoped fixtures (conftest's `tlcli` is per test); cwd is an empty
-    folder, so anything a command leaves behind there is visible."""
+    """`tlcli` for module-scoped fixtures (conftest's `tlcli` is per test); cwd is an empty folder, so anything a
+    command leaves behind there is visible."""
     (work / "cwd").mkdir()
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "TLCLI_OUTPUT_DIR": str(work / "outputs")}
-        env.pop("TLCLI_DEBUG", None)
-        return subprocess.run(
-            [str(TLCLI), *args], capture_output=True, text=True, env=env, timeout=600, cwd=work / "cwd"
-        )
-
-    return run
+    return tlcli_runner(work / "outputs", work / "cwd")
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +65,6 @@ def export(cli, trained: Path, work: Path) -> Callable[[str], subprocess.Complet
         return done[fmt]
 
     return run
-
-
-def last_line(result: subprocess.CompletedProcess, key: str) -> Path:
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = result.stdout.strip().splitlines()[-1]
-    assert last.startswith(f"{key}: "), last
-    return Path(last.removeprefix(f"{key}: "))
 
 
 def through_eval_transform(run: Path, paths: list[Path]) -> tuple[torch.nn.Module, torch.Tensor]:

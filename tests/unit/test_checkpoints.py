@@ -148,7 +148,7 @@ def test_last_is_the_final_epoch_also_when_it_did_not_validate(tmp_path: Path) -
 
 
 def test_a_checkpoint_is_named_relative_to_its_run_also_through_a_symlinked_output_dir(tmp_path: Path) -> None:
-    from tl_cli.run.rundir import BEST, RunDir
+    from tl_cli.rundir import BEST, RunDir
 
     (tmp_path / "real" / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "outputs").symlink_to(tmp_path / "real")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tests.conftest import compose as compose_train
 from tl_cli.cli import register_help_resolver
 from tl_cli.config.checks import ALLOWED_TARGETS, check_config
 from tl_cli.config.commands import EvalConfig, ExplainConfig, ExportConfig, PredictConfig, register_command_schemas
+from tl_cli.config.help import GENERIC_DATA_KEYS, INTERNAL_PRESETS
 from tl_cli.config.paths import config_dir, register_resolvers
 from tl_cli.config.schema import TrainConfig, register_schemas
 from tl_cli.errors import TlcliError
@@ -148,6 +150,40 @@ def test_train_help_lists_the_strategies_and_when_to_use_them() -> None:
         assert f"{strategy.name}  " in result.stdout and strategy.when in result.stdout
 
 
+def _data_keys_in_help(*args: str) -> set[str]:
+    """The keys under `data:` in `tlcli train <args> --help`'s config."""
+    result = subprocess.run([str(TLCLI), "train", *args, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n== Config ==")[1].splitlines()
+    start = lines.index("data:")
+    block = itertools.takewhile(lambda line: line.startswith("  "), lines[start + 1 :])
+    return {line.split(":")[0].strip() for line in block if not line.startswith(("   ", "  -"))}
+
+
+def test_train_help_shows_only_the_chosen_datasets_keys() -> None:
+    """Each source's own keys (those its configs/data/*.yaml sets and some other source's does not) show only
+    under that source, or where the command line sets them; keys every source reads always show."""
+    yamls = {p.stem: set(OmegaConf.load(p)) for p in (CONFIGS / "data").glob("*.yaml")}
+    for name, keys in yamls.items():
+        shown = _data_keys_in_help(f"data={name}")
+        assert keys <= shown, keys - shown
+        others = set().union(*(k for n, k in yamls.items() if n != name)) - keys - set(GENERIC_DATA_KEYS)
+        assert others and not others & shown, others & shown
+        assert {"batch_size", "num_workers", "samples_per_class", "aug"} <= shown
+    assert "num_classes" in _data_keys_in_help("data=digits", "data.num_classes=3")
+
+
+def test_train_help_hides_the_internal_presets_and_lists_a_user_configs(tmp_path: Path) -> None:
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "pets.yaml").write_text("# @package _global_\nseed: 1\n")
+    args = [str(TLCLI), "train", "--config-dir", str(tmp_path), "--help"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "\nexperiment: pets, smoke\n" in result.stdout
+    assert "study_" not in result.stdout and "source_fashion_mnist" not in result.stdout
+    assert any(p.stem.startswith(INTERNAL_PRESETS) for p in (CONFIGS / "experiment").glob("*.yaml"))  # still there
+
+
 def test_model_timm_brings_the_imagenet_head_lr_and_overrides_still_win() -> None:
     """model=timm sets the ImageNet sources' head LR (README "Defaults for ImageNet sources"); the embedded source
     keeps its own; an explicit optim.lr always wins."""
@@ -163,3 +199,21 @@ def test_a_test_metric_cannot_be_optimized_without_the_test_pass() -> None:
     check_config(compose_train(["optimized_metric=test/acc"]))  # tested by default: allowed
     with pytest.raises(TlcliError, match="optimized_metric=test/acc needs the test pass; set test=true"):
         check_config(compose_train(["optimized_metric=test/acc", "test=false"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "appended"),
+    [
+        (["trainer.max_epochs=3"], True),
+        (["+trainer.max_epochs=3", "strategy=freeze"], True),
+        (["trainer.max_epochs=1,2", "-m"], True),  # every job of the sweep sets it
+        (["trainer.max_epochs=3", "optim.min_steps=300"], False),  # both given: the minimum applies
+        (["experiment=smoke"], False),  # a preset's epochs keep the preset's minimum
+        ([], False),
+        (["~trainer.max_epochs"], False),
+    ],
+)
+def test_a_given_max_epochs_turns_the_step_minimum_off(args: list[str], appended: bool) -> None:
+    from tl_cli.config.epochs import honour_epochs
+
+    assert honour_epochs(args) == ([*args, "optim.min_steps=0"] if appended else args)

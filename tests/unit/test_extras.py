@@ -76,16 +76,17 @@ def test_every_missing_extra_message_names_a_declared_extra() -> None:
 
 
 def _third_party_imports() -> set[str]:
-    """Top-level modules that tl_cli/ and benchmarks/ import (anywhere in a file), stdlib and own code left out."""
+    """Top-level modules that tl_cli/, benchmarks/ and study/ import (anywhere in a file), stdlib and own code
+    left out."""
     found = set()
-    for folder in ("tl_cli", "benchmarks"):
+    for folder in ("tl_cli", "benchmarks", "study"):
         for path in (REPO / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     found |= {a.name.split(".")[0] for a in node.names}
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     found.add(node.module.split(".")[0])
-    return found - set(sys.stdlib_module_names) - {"tl_cli", "benchmarks", "tests", "__future__"}
+    return found - set(sys.stdlib_module_names) - {"tl_cli", "benchmarks", "study", "tests", "__future__"}
 
 
 def test_direct_imports_are_declared_not_transitive() -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tl_cli import hardware
 from tl_cli.errors import TlcliError
 from tl_cli.run.trained import TrainedModel, inference_for
-from tl_cli.transfer import speed
 
 CPU = torch.device("cpu")
 
@@ -29,10 +29,10 @@ def trained(precision: str | None, channels_last: str = "auto", run_dir: Path | 
 @pytest.fixture
 def bf16_cpu(monkeypatch):
     """Set whether this CPU has native bf16; TLCLI_PRECISION (pytest --precision) would replace `auto`."""
-    monkeypatch.delenv(speed.PRECISION_ENV, raising=False)
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
 
     def set_native(native: bool) -> None:
-        monkeypatch.setattr(speed, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
 
     return set_native
 
@@ -45,7 +45,7 @@ def test_a_bf16_run_follows_trains_auto_rule_on_this_cpu(bf16_cpu, caplog) -> No
     with caplog.at_level(logging.INFO, logger="tl_cli.run.trained"):
         run = inference_for("auto", trained("bf16-mixed"), CPU)
     assert (run.precision, run.channels_last) == ("32-true", False)  # as trainer.precision=auto would here
-    assert (run.precision, run.channels_last) == speed.resolve("auto", "auto", "cpu")[:2]
+    assert (run.precision, run.channels_last) == hardware.resolve("auto", "auto", "cpu")[:2]
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision=")]
     assert len(said) == 1 and "trained at bf16-mixed" in said[0] and "without native bf16" in said[0], said
 

@@ -76,7 +76,7 @@ def test_scratch_races_at_its_own_lr_and_the_others_at_optim_lr(tmp_path) -> Non
     continues; the transfer candidates at optim.lr; the frozen features go to the race's own cache."""
     from tests.conftest import compose
     from tl_cli.run.race import _config_for
-    from tl_cli.run.rundir import RunDir
+    from tl_cli.rundir import RunDir
 
     cfg = compose(["strategy=auto", "optim.lr=0.03", "strategy.auto.scratch_lr_mult=0.25"])
     run = RunDir(tmp_path)
@@ -94,7 +94,7 @@ def test_a_saved_config_from_before_scratch_lr_mult_races_on(tmp_path) -> None:
 
     from tests.conftest import compose
     from tl_cli.run.race import _config_for
-    from tl_cli.run.rundir import RunDir
+    from tl_cli.rundir import RunDir
     from tl_cli.transfer.auto import settings_of
 
     saved = OmegaConf.create(OmegaConf.to_container(compose(["strategy=auto", "optim.lr=0.03"])))
@@ -130,7 +130,7 @@ def test_the_continued_leader_takes_its_checkpoint_callbacks_state_along(tmp_pat
     import torch
 
     from tl_cli.run.race import continue_checkpoint
-    from tl_cli.run.rundir import RunDir
+    from tl_cli.rundir import RunDir
 
     run = tmp_path / "run"
     folder = run / "auto" / "finetune" / "checkpoints"

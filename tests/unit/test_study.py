@@ -95,7 +95,7 @@ def test_seeds_added_at_the_chosen_lr_do_not_change_the_choice(tmp_path: Path) -
 
 
 def test_more_seeds_reruns_only_each_strategys_chosen_lr(tmp_path: Path) -> None:
-    from tl_cli.reporting.more_seeds import commands
+    from study.more_seeds import commands
 
     for name, strategy, lr, val in (
         ("a", "finetune", 0.01, 0.9),
@@ -122,7 +122,7 @@ def test_a_sweep_without_lr_or_few_shot_axis_writes_no_study(tmp_path: Path) -> 
 
 def test_study_doc_tables_come_from_the_committed_csvs(tmp_path: Path) -> None:
     """docs/study.md's generated part is rebuilt from docs/study/<sweep>/*.csv; --check fails when it drifts."""
-    from tl_cli.reporting.study_doc import BEGIN, END, update
+    from study.study_doc import BEGIN, END, update
 
     sweep = tmp_path / "study" / "cell"
     for seed in (0, 1):
@@ -145,7 +145,7 @@ def test_feature_sweep_table_compares_each_option_with_the_baseline_over_seeds(t
     """docs/study/features_*: one row per option, its mean over seeds minus the baseline's, in points."""
     import csv
 
-    from tl_cli.reporting.study_doc import feature_section
+    from study.study_doc import feature_section
 
     base = "experiment=study_x strategy=finetune optim.lr=0.03 data.samples_per_class=10"
     rows = [(f"{base} seed={s}", 0.70 + 0.02 * s) for s in range(3)]  # baseline 0.72 ± 0.02
@@ -172,10 +172,10 @@ def test_feature_sweep_table_compares_each_option_with_the_baseline_over_seeds(t
 def test_committed_study_doc_and_readme_match_the_committed_evidence() -> None:
     """docs/study.md's and docs/strategies-and-auto.md's tables are exactly what docs/study/<sweep>/*.csv give
     (rerun study_doc after a study)."""
-    from tl_cli.reporting.study_doc import update, update_readme
+    from study.study_doc import update, update_readme
 
     root = Path(__file__).parents[2]
-    fix = "python -m tl_cli.reporting.study_doc docs/study.md docs/strategies-and-auto.md"
+    fix = "python -m study.study_doc docs/study.md docs/strategies-and-auto.md"
     assert update(root / "docs" / "study.md", check=True), f"docs/study.md is out of date: {fix}"
     page = root / "docs" / "strategies-and-auto.md"
     assert update_readme(page, root / "docs", check=True), f"docs/strategies-and-auto.md is out of date: {fix}"
@@ -183,7 +183,7 @@ def test_committed_study_doc_and_readme_match_the_committed_evidence() -> None:
 
 def test_readme_blocks_are_rewritten_between_their_markers(tmp_path: Path) -> None:
     """The README's named blocks get the ImageNet sweeps' table and auto's scorecards; prose around them stays."""
-    from tl_cli.reporting.study_doc import readme_blocks, update_readme
+    from study.study_doc import readme_blocks, update_readme
 
     sweep = tmp_path / "study" / "in1k_cell"
     for seed in (0, 1):
@@ -224,7 +224,7 @@ def test_one_source_file_spelled_relative_and_absolute_is_one_group(tmp_path: Pa
 
 def test_auto_runs_are_scored_in_the_study_doc_against_every_constant(tmp_path: Path) -> None:
     """auto.csv (one row per strategy=auto job) + study.csv -> docs/study.md's auto table and scorecard."""
-    from tl_cli.reporting.study_doc import auto_section
+    from study.study_doc import auto_section
 
     sweep = tmp_path / "study" / "cell"
     for seed in (0, 1):
@@ -252,7 +252,7 @@ def test_auto_runs_are_scored_in_the_study_doc_against_every_constant(tmp_path: 
 
 
 def test_extend_grid_runs_one_step_past_each_edge_choice_on_the_search_seed(tmp_path: Path) -> None:
-    from tl_cli.reporting.extend_grid import commands, next_lr
+    from study.extend_grid import commands, next_lr
 
     assert [next_lr(0.1, up=True), next_lr(0.3, up=True), next_lr(0.001, up=False), next_lr(0.0003, up=False)] == [
         0.3,
@@ -287,7 +287,7 @@ def test_extend_grid_runs_one_step_past_each_edge_choice_on_the_search_seed(tmp_
 def test_race_replay_simulates_the_race_on_the_search_seeds_val_curves(tmp_path: Path) -> None:
     """The replay scores racing candidates on their first race_epochs epochs, the leader and the frozen ones on
     the whole run, scratch at its own LR; a candidate missing at the auto LR leaves the cell out."""
-    from tl_cli.reporting.race_replay import Variant, _runs_by_key, replay_cell
+    from study.race_replay import Variant, _runs_by_key, replay_cell
 
     curves = {  # strategy, lr -> val acc per epoch (10 epochs; the race sees the first 3)
         ("freeze", 0.03): [0.70] * 10,
@@ -313,8 +313,8 @@ def test_race_replay_simulates_the_race_on_the_search_seeds_val_curves(tmp_path:
 
 def test_unseen_cells_are_those_raced_only_after_the_settings_were_chosen() -> None:
     """race v2's settings were chosen on a replay of the cells race v1 ran on; the others are held out."""
+    from study.study_doc import unseen_cells
     from tl_cli.reporting.study import AutoRun, Cell
-    from tl_cli.reporting.study_doc import unseen_cells
 
     tuned, new, rule_only = (Cell("d", "b", "w", n) for n in (10, 50, 100))
     tuned.auto_runs = [AutoRun("race", "finetune", 0.9), AutoRun("race v1", "freeze", 0.8)]
@@ -326,7 +326,7 @@ def test_unseen_cells_are_those_raced_only_after_the_settings_were_chosen() -> N
 def test_study_compare_flags_a_rerun_row_outside_the_seeds_noise(tmp_path: Path, capsys) -> None:
     import csv
 
-    from tl_cli.reporting.study_compare import main as compare
+    from study.study_compare import main as compare
 
     committed = Path(__file__).parents[2] / "docs" / "study"
     rows = list(csv.DictReader(open(committed / "digits_test_resnet" / "study.csv", newline="")))

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from tl_cli.errors import TlcliError
-from tl_cli.run.rundir import BEST, LAST, MODEL
+from tl_cli.rundir import BEST, LAST, MODEL
 from tl_cli.transfer.weights import (
     check_runs_at,
     create_backbone,

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from tl_cli.data.datamodule import sample_path, samples_at
 from tl_cli.errors import TlcliError, choose_from
+from tl_cli.hardware import resolve_workers
 from tl_cli.reporting.diagnostics import (
     CALIBRATION_PNG,
     TOP_LOSSES_PNG,
@@ -40,7 +41,6 @@ from tl_cli.run.trained import (
     run_seed,
 )
 from tl_cli.run.tta import PLAIN, combine, view_logits, views_of
-from tl_cli.transfer.speed import resolve_workers
 
 log = logging.getLogger(__name__)
 

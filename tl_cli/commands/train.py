@@ -14,8 +14,8 @@ from tl_cli.extras import require_targets
 from tl_cli.ranks import job_scope, several_processes
 from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.resume import hand_down, resume_state
-from tl_cli.run.rundir import RunDir
 from tl_cli.run.training import fit_run, load_best, score_on_test, write_run
+from tl_cli.rundir import RunDir
 
 log = logging.getLogger(__name__)
 

@@ -3,16 +3,17 @@ instantiation of the logger/callbacks groups."""
 
 from __future__ import annotations
 
-import inspect
 import typing
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from tl_cli import hardware
+from tl_cli.config.keys import trainer_arguments
+from tl_cli.config.strategies import get_strategy
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import DATA_SOURCES, require
-from tl_cli.transfer import speed
-from tl_cli.transfer.strategies import get_strategy
 
 # `_target_` is honoured only for these packages, and only in the logger/callbacks groups.
 ALLOWED_TARGETS = ("lightning.", "pytorch_lightning.", "tl_cli.")
@@ -30,7 +31,7 @@ def check_config(cfg: DictConfig) -> None:
             raise TlcliError(f"{key}={value} must be positive")
     if cfg.data.samples_per_class is not None and cfg.data.samples_per_class <= 0:
         raise TlcliError(f"data.samples_per_class={cfg.data.samples_per_class} must be positive (or null for all)")
-    speed.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
+    hardware.resolve_workers(cfg.data.num_workers)  # a bad value fails here, before any backbone is built
     if (cfg.data.min_samples_per_epoch or 0) < 0:
         raise TlcliError(f"data.min_samples_per_epoch={cfg.data.min_samples_per_epoch} must be positive (or null)")
     if (cfg.optim.get("min_steps") or 0) < 0:
@@ -45,8 +46,36 @@ def check_config(cfg: DictConfig) -> None:
         require(DATA_SOURCES[cfg.data.name])
     check_streaming(cfg)
     check_monitors(cfg.callbacks)
+    check_optimizer(cfg.optim.name)
+    check_data_source(cfg.data)
     check_trainer_keys(cfg.trainer)
     check_step_options(cfg.trainer)
+
+
+def check_optimizer(name: str) -> None:
+    """optim.name is one of timm's optimizers (timm.optim.create_optimizer_v2's names, `lookahead_` prefix
+    allowed), checked here rather than when the Trainer first configures it, after the model is built."""
+    from timm.optim import get_optimizer_info, list_optimizers
+
+    parts = str(name).lower().split("_")
+    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "lookahead"):
+        raise choose_from("optim.name", name, list_optimizers())
+    try:
+        get_optimizer_info(parts[-1])
+    except ValueError:
+        raise choose_from("optim.name", name, list_optimizers()) from None
+
+
+def check_data_source(data: DictConfig) -> None:
+    """The dataset's name is registered and a given data.root exists: the first checks its builder would make,
+    made before any backbone or data is built (the builder checks the root's contents)."""
+    from tl_cli.data.datasets import DATASETS
+
+    if data.name not in DATASETS:
+        raise choose_from("dataset", data.name, DATASETS)
+    root = data.get("root")
+    if root and not Path(str(root)).expanduser().exists():
+        raise TlcliError(f"data.root '{root}' does not exist; point data.root at the dataset's folder")
 
 
 def check_finetune_options(cfg: DictConfig) -> None:
@@ -154,13 +183,18 @@ def check_trainer_keys(trainer: DictConfig) -> None:
     import lightning as L
 
     hints = typing.get_type_hints(L.Trainer.__init__)
-    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "callbacks", "logger"}
+    valid = trainer_arguments()
     for key, value in OmegaConf.to_container(trainer, resolve=False).items():
         if key not in valid:
             raise choose_from("trainer key", key, valid)
-        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/transfer/speed.py)
+        # interpolations resolve later; precision=auto is tlcli's own value (tl_cli/hardware.py)
         unchecked = isinstance(value, str) and value.startswith("${") or (key, value) == ("precision", "auto")
         if isinstance(value, str) and not unchecked and not _accepts_string(hints.get(key, str), value):
+            choices = _string_choices(hints[key])
+            if key == "precision":
+                choices.append("auto")
+            if choices:
+                raise choose_from(f"trainer.{key}", value, choices, limit=len(choices))
             raise TlcliError(f"trainer.{key}={value} has the wrong type; lightning.Trainer expects {hints[key]}")
 
 
@@ -187,6 +221,13 @@ def _accepts_string(hint: Any, value: str) -> bool:
     if typing.get_origin(hint) is typing.Literal:
         return value in typing.get_args(hint)
     return any(_accepts_string(arg, value) for arg in typing.get_args(hint))
+
+
+def _string_choices(hint: Any) -> list[str]:
+    """The string Literals anywhere in a Trainer argument's annotation (precision: '16-mixed', 'bf16-mixed', ...)."""
+    if typing.get_origin(hint) is typing.Literal:
+        return [str(arg) for arg in typing.get_args(hint) if isinstance(arg, str)]
+    return [choice for arg in typing.get_args(hint) for choice in _string_choices(arg)]
 
 
 def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:

@@ -25,7 +25,7 @@ class EvalConfig:
     seed: int | None = None  # null: the run's seed, so held-out splits are the ones training held out
     batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda | cuda:<i>
-    # auto: the run's precision and memory format, re-resolved for this device (tl_cli/transfer/speed.py);
+    # auto: the run's precision and memory format, re-resolved for this device (tl_cli/hardware.py);
     # 32 | bf16-mixed | 16-mixed force one (tl_cli/run/trained.py inference_for)
     precision: str = "auto"
     output_dir: str | None = None  # null: <run_dir>/eval
@@ -43,7 +43,7 @@ class PredictConfig:
     topk: int = 5
     output: str = "predictions.csv"
     batch_size: int = 64
-    num_workers: str = "auto"  # image decoding workers: auto (tl_cli/transfer/speed.py resolve_workers) or N
+    num_workers: str = "auto"  # image decoding workers: auto (tl_cli/hardware.py resolve_workers) or N
     device: str = "auto"
     precision: str = "auto"  # as eval's: auto (the run's, re-resolved for this device) | 32 | bf16-mixed | 16-mixed
     calibrate: bool = True  # probabilities at the run's fitted temperature (calibration.json), when it has one

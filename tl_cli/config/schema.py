@@ -95,7 +95,7 @@ class DataConfig:
     factory: str | None = None  # custom: module:function returning RawSplits (tl_cli/data/custom.py)
     batch_size: int = 64
     eval_batch_size: int | None = None
-    num_workers: str = "auto"  # auto | N: DataLoader worker processes (auto: tl_cli/transfer/speed.py resolve_workers)
+    num_workers: str = "auto"  # auto | N: DataLoader worker processes (auto: tl_cli/hardware.py resolve_workers)
     samples_per_class: int | None = None  # seeded, class-balanced few-shot train subset
     min_samples_per_epoch: int | None = None  # a smaller train set is reshuffled and repeated up to this per epoch
     classes: list[Any] | None = None  # keep only these classes (names or indices)

@@ -74,7 +74,7 @@ def extraction_batch_size(batch_size: int, input_size: tuple[int, int, int]) -> 
 def make_datamodule(cfg, data_config: dict[str, Any], seed: int, trainer_cfg=None) -> TransferDataModule:
     """The one way tlcli builds its data: splits prepared, workers sized for the trainer's devices
     (train, strategy=auto's probe, eval, predict and export all come here)."""
-    from tl_cli.transfer.speed import processes_sharing_cores
+    from tl_cli.hardware import processes_sharing_cores
 
     trainer_cfg = trainer_cfg or {}
     devices = processes_sharing_cores(trainer_cfg.get("devices", 1))
@@ -216,7 +216,7 @@ class TransferDataModule(L.LightningDataModule):
     def __init__(
         self, cfg, data_config: dict[str, Any], seed: int, accelerator: str = "auto", devices: int = 1
     ) -> None:
-        from tl_cli.transfer.speed import resolve_workers
+        from tl_cli.hardware import resolve_workers
 
         super().__init__()
         self.cfg, self.data_config, self.seed = cfg, data_config, seed

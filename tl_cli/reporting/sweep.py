@@ -1,6 +1,6 @@
 """The sweep model shared by `tlcli report` (report.py) and its study view (study.py).
 
-A sweep is the folder of a `tlcli train -m`; each job folder is a run directory (tl_cli/run/rundir.py).
+A sweep is the folder of a `tlcli train -m`; each job folder is a run directory (tl_cli/rundir.py).
 Finished jobs that differ only by seed form a `Group`, keyed by a `GroupKey` (strategy, backbone, weights,
 dataset, samples_per_class, lr). The statistics over seeds and the two decision rules live here, once:
 
@@ -10,7 +10,7 @@ dataset, samples_per_class, lr). The statistics over seeds and the two decision 
   samples per class), the learning rate is the one with the highest mean **val** accuracy over the seeds that
   every LR ran (never test); an exact tie goes to the smaller LR, the conservative choice that keeps more of the
   source's features. The study searches the LR on seed 0 and then adds seeds at the chosen LR only
-  (tl_cli/reporting/more_seeds.py): those added seeds do not change the choice.
+  (study/more_seeds.py): those added seeds do not change the choice.
   Means are `statistics.fmean` (an exactly rounded sum), so a tie does not depend on the order of the jobs.
   Exact ties happen: accuracies on small val splits take few values, and bf16 numerics differ between CPUs,
   so a rule that broke ties by position would pick different LRs on different machines.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tl_cli.run.rundir import CONFIG, METRICS, OVERRIDES, RunDir
+from tl_cli.rundir import CONFIG, METRICS, OVERRIDES, RunDir
 from tl_cli.transfer.strategies import STRATEGIES
 
 Stat = tuple[float | None, float, int]  # (mean, sample std (0 for one run), number of runs) over seeds

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from tl_cli.reporting.curves import plot_curves
 from tl_cli.run.calibration import TEMPERATURE_RANGE, calibrate, write_calibration
-from tl_cli.run.rundir import CURVES, METRICS, RunDir
+from tl_cli.rundir import CURVES, METRICS, RunDir
 
 if TYPE_CHECKING:
     import lightning as L

@@ -1,7 +1,7 @@
 """Calibration: top-label ECE (torchmetrics) and temperature scaling, one scalar fitted on held-out logits.
 
 A run's temperature is fitted on its val split after training and stored in calibration.json
-(tl_cli/run/rundir.py); eval reports ECE with and without it, predict and export use it for their probabilities.
+(tl_cli/rundir.py); eval reports ECE with and without it, predict and export use it for their probabilities.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tl_cli.run.rundir import CALIBRATION
+from tl_cli.rundir import CALIBRATION
 
 log = logging.getLogger(__name__)
 

@@ -35,3 +35,47 @@ def quiet_framework_noise() -> None:
         ".*smaller than the logging interval.*",
     ):
         warnings.filterwarnings("ignore", message=message)
+
+
+def fresh_run_dir(cfg) -> Path | None:
+    """The run dir Hydra has just made for this single run, where it holds only Hydra's own record (.hydra/ and an
+    empty <task>.log): what a failed config check may remove (discard_run_dir). None for a resumed run, a sweep's
+    job, a rank other than global rank 0, or a folder that already held anything else."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from tl_cli.ranks import global_rank
+
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.RUN or cfg.get("resume") or global_rank() != 0:
+        return None
+    path = Path(hydra.runtime.output_dir)
+    log = path / f"{hydra.job.name}.log"
+    if not path.is_dir() or log.is_file() and log.stat().st_size:
+        return None
+    if any(entry.name not in _hydra_files() for entry in path.iterdir()):
+        return None
+    return path
+
+
+def discard_run_dir(path: Path) -> bool:
+    """Remove a fresh_run_dir after a failed check, if it still holds only Hydra's record (and empty folders):
+    nothing the run wrote is ever removed. Returns whether it was removed."""
+    import shutil
+
+    for entry in path.iterdir():
+        if entry.name not in _hydra_files() and not (entry.is_dir() and not any(entry.iterdir())):
+            return False
+    for handler in logging.getLogger().handlers:  # Hydra's <task>.log handler: close it before its file goes
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == path:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    shutil.rmtree(path, ignore_errors=True)
+    return not path.exists()
+
+
+def _hydra_files() -> set[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    return {hydra.output_subdir or ".hydra", f"{hydra.job.name}.log"}

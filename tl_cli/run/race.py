@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tl_cli.run.rundir import RunDir
 from tl_cli.run.training import (
     Fitted,
     TransferJob,
@@ -46,6 +45,7 @@ from tl_cli.run.training import (
     run_callbacks,
     to_channels_last,
 )
+from tl_cli.rundir import RunDir
 from tl_cli.transfer.auto import check_settings, preset, settings_of, split_labels, with_preset
 from tl_cli.transfer.callbacks import GracefulInterrupt, StopAfterEpochs
 

@@ -16,9 +16,7 @@ from typing import Any
 
 from tl_cli.errors import TlcliError
 from tl_cli.ranks import RESUME_ENV
-from tl_cli.run.rundir import CONFIG, CONFIG_SHA, LAST, RunDir
-
-EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
+from tl_cli.rundir import CONFIG, CONFIG_SHA, LAST, RunDir
 
 
 def resume_args(args: list[str]) -> list[str]:
@@ -86,15 +84,3 @@ def mark_started(run: RunDir, sha: str) -> None:
     marker = run / CONFIG_SHA
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(sha)
-
-
-class Interrupted(TlcliError):
-    """Training stopped by Ctrl-C after a checkpoint was written."""
-
-    exit_code = EXIT_INTERRUPTED
-
-    def __init__(self, epoch: int, step: int, run_dir: Path) -> None:
-        super().__init__(
-            f"interrupted at epoch {epoch}, step {step}; checkpoint written to {run_dir / LAST}; "
-            f"resume with: tlcli train resume={run_dir}"
-        )

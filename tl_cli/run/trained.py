@@ -18,10 +18,10 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import Dataset
 
+from tl_cli import hardware
 from tl_cli.errors import TlcliError
 from tl_cli.run.calibration import read_temperature
-from tl_cli.run.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
-from tl_cli.transfer import speed
+from tl_cli.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
 from tl_cli.transfer.network import TransferNet
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class Inference:
         images = self.normalize(images.to(self.device))
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        dtype = speed.autocast_dtype(self.precision)
+        dtype = hardware.autocast_dtype(self.precision)
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             return net(images).float()
 
@@ -151,7 +151,7 @@ class Inference:
 
 def inference_for(setting: object, model: TrainedModel, device: torch.device) -> Inference:
     """`precision=auto`: the run's own precision and model.channels_last, re-resolved for this device by train's
-    rule (speed.resolve), so a bf16 run on a CPU without native bf16 runs in fp32 as train's `auto` would there.
+    rule (hardware.resolve), so a bf16 run on a CPU without native bf16 runs in fp32 as train's `auto` would there.
     `32` / `bf16-mixed` / `16-mixed` force one."""
     text = str(setting).strip().lower()
     if text not in PRECISIONS:
@@ -162,12 +162,12 @@ def inference_for(setting: object, model: TrainedModel, device: torch.device) ->
     elif ran is None:
         requested, why = "32-true", "no record of the run's precision (exported model): fp32"
     else:  # a 16-bit run is re-resolved for this device, exactly as trainer.precision=auto would be
-        requested, why = ("auto" if ran == "auto" or speed.is_16bit(ran) else "32-true"), f"the run trained at {ran}"
+        requested, why = ("auto" if ran == "auto" or hardware.is_16bit(ran) else "32-true"), f"the run trained at {ran}"
     if requested == "16-mixed" and device.type != "cuda":
         raise TlcliError(f"precision={setting} needs a CUDA GPU; on the CPU use precision=bf16-mixed or 32")
     config = model.config if model.config is not None else OmegaConf.create()
     channels_last = OmegaConf.select(config, "model.channels_last", default="auto")
-    precision, use_channels_last, rule = speed.resolve(requested, channels_last, device.type)
+    precision, use_channels_last, rule = hardware.resolve(requested, channels_last, device.type)
     if requested == "auto":
         why = f"{why}; {rule}"
     log.info("precision=%s channels_last=%s (%s)", precision, use_channels_last, why)

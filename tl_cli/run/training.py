@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from tl_cli import hardware
 from tl_cli.config.checks import check_config, instantiate_group
 from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
 from tl_cli.data.features import cache_decision, cached_feature_splits
@@ -23,8 +24,7 @@ from tl_cli.errors import TlcliError
 from tl_cli.run.after_fit import see_run
 from tl_cli.run.checkpoint_io import DirectCheckpointIO
 from tl_cli.run.resume import mark_started
-from tl_cli.run.rundir import MODEL, RunDir, Summary
-from tl_cli.transfer import speed
+from tl_cli.rundir import MODEL, RunDir, Summary
 from tl_cli.transfer.callbacks import FreezeBackboneEpochs, GracefulInterrupt, RngState, Throughput, WeightEma
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import Strategy, apply_strategy, check_extension, get_strategy
@@ -175,10 +175,10 @@ def make_trainer(
     loggers: list[Any],
     resuming: bool = False,
 ) -> tuple[L.Trainer, bool]:
-    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/transfer/speed.py), saving
+    """A Lightning Trainer from the trainer group, with tlcli's precision rule (tl_cli/hardware.py), saving
     checkpoints through DirectCheckpointIO; returns it and whether inputs go channels_last."""
     args = dict(OmegaConf.to_container(trainer_cfg, resolve=True) if OmegaConf.is_config(trainer_cfg) else trainer_cfg)
-    precision, use_channels_last, why = speed.resolve(
+    precision, use_channels_last, why = hardware.resolve(
         args.get("precision", "auto"), channels_last, str(args.get("accelerator", "auto"))
     )
     args["precision"] = precision
@@ -206,7 +206,7 @@ def compile_network(cfg: DictConfig, job: TransferJob, trainer: L.Trainer) -> fl
     if not cfg.model.get("compile"):  # .get: a resumed run's config may predate the key
         return None
     start = time.perf_counter()
-    speed.check_compile(trainer.strategy.root_device.type)
+    hardware.check_compile(trainer.strategy.root_device.type)
     job.module.compile_net = True
     return time.perf_counter() - start
 

@@ -250,17 +250,17 @@ def measure(cfg: DictConfig, backbone_kwargs: dict[str, Any], max_train: int, ma
 
 
 def _inference_setup(cfg: DictConfig) -> tuple[torch.device, Any, bool]:
-    """Device, autocast context and memory format of the training run (tl_cli/transfer/speed.py), for fast
+    """Device, autocast context and memory format of the training run (tl_cli/hardware.py), for fast
     extraction."""
-    from tl_cli.transfer import speed
+    from tl_cli import hardware
 
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    on_gpu = speed.uses_gpu(accelerator) and torch.cuda.is_available()
+    on_gpu = hardware.uses_gpu(accelerator) and torch.cuda.is_available()
     device = torch.device("cuda" if on_gpu else "cpu")
-    precision, channels_last, _ = speed.resolve(
+    precision, channels_last, _ = hardware.resolve(
         cfg.trainer.get("precision", "auto"), cfg.model.channels_last, accelerator
     )
-    dtype = speed.autocast_dtype(precision)
+    dtype = hardware.autocast_dtype(precision)
     if dtype is None or (dtype == torch.float16 and not on_gpu):
         return device, contextlib.nullcontext, channels_last
     return device, functools.partial(torch.autocast, device.type, dtype=dtype), channels_last
@@ -311,7 +311,7 @@ def subsample(labels: np.ndarray, cap: int, num_classes: int, seed: int, split: 
 
 def trained_config(config: DictConfig, run_dir: Path | None) -> DictConfig:
     """A run's saved config with the strategy that actually trained: for strategy=auto, its summary.json's."""
-    from tl_cli.run.rundir import RunDir
+    from tl_cli.rundir import RunDir
 
     if run_dir is None or OmegaConf.select(config, "strategy.name") != "auto":
         return config

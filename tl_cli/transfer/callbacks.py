@@ -24,8 +24,7 @@ from lightning.pytorch import callbacks as pl_callbacks
 from lightning.pytorch.callbacks import TQDMProgressBar, WeightAveraging
 
 from tl_cli import STARTED_AT
-from tl_cli.run.resume import Interrupted
-from tl_cli.run.rundir import LAST
+from tl_cli.rundir import LAST, Interrupted
 
 log = logging.getLogger(__name__)
 

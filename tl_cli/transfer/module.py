@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from tl_cli.transfer import speed
+from tl_cli import hardware
 from tl_cli.transfer.network import TransferNet
 from tl_cli.transfer.strategies import param_groups
 
@@ -166,7 +166,7 @@ class TransferModule(L.LightningModule):
         groups = param_groups(self.net, self.lr, self.backbone_lr_mult, o["weight_decay"], layer_decay)
         extra = {"momentum": o["momentum"]} if o["name"].lower() in ("sgd", "momentum", "nesterov") else {}
         if o.get("fused", True):  # .get: a checkpoint from before the key existed
-            extra.update(speed.fused_optimizer_kwargs(o["name"], next(self.net.parameters()).device))
+            extra.update(hardware.fused_optimizer_kwargs(o["name"], next(self.net.parameters()).device))
         optimizer = create_optimizer_v2(groups, opt=o["name"], lr=self.lr, weight_decay=o["weight_decay"], **extra)
         if o.get("scheduler", "cosine") == "constant":
             return optimizer

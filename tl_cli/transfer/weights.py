@@ -28,7 +28,7 @@ from timm.models import _builder
 from torch import nn
 
 from tl_cli.errors import TlcliError, did_you_mean
-from tl_cli.run.rundir import MODEL, RunDir
+from tl_cli.rundir import MODEL, RunDir
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ like the real auto runs (best-or-tied picks, regret against the cell's best at e
 It designs the race's settings on the study's curves; the settings are fixed before the evaluation runs, which are
 real `strategy=auto` runs, never this replay.
 
-    python -m tl_cli.reporting.race_replay outputs/study/digits_test_resnet outputs/study/in1k_digits_efficientnet_lite0
+    python -m study.race_replay outputs/study/digits_test_resnet outputs/study/in1k_digits_efficientnet_lite0
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tl_cli.errors import TlcliError
 from tl_cli.reporting.study import Cell, build_cells
 from tl_cli.reporting.sweep import SweepJob, group_jobs, load_jobs
 
-USAGE = "python -m tl_cli.reporting.race_replay <study sweep folder> [...]"
+USAGE = "python -m study.race_replay <study sweep folder> [...]"
 AUTO_LR = 0.03
 SEARCH_SEED = 0
 
@@ -116,6 +116,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tl_cli.errors import run_module
+    from study import run_module
 
     run_module(main)

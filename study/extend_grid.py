@@ -6,7 +6,7 @@ half-decade grid (..., 0.0003, 0.001, 0.003, ..., 0.1, 0.3, ...) past it, on the
 sweep folder; it repeats until no choice sits at an edge or `--rounds` are spent. Run it between the study's first
 stage and `more_seeds`, which then adds seeds at any choice that moved.
 
-    python -m tl_cli.reporting.extend_grid outputs/study/digits_test_resnet [--rounds 2]
+    python -m study.extend_grid outputs/study/digits_test_resnet [--rounds 2]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tl_cli.errors import TlcliError
 from tl_cli.reporting.study import Choice, build_cells
 from tl_cli.reporting.sweep import group_jobs, load_jobs
 
-USAGE = "python -m tl_cli.reporting.extend_grid <study sweep folder> [--rounds N]"
+USAGE = "python -m study.extend_grid <study sweep folder> [--rounds N]"
 
 
 def next_lr(lr: float, up: bool) -> float:
@@ -74,6 +74,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tl_cli.errors import run_module
+    from study import run_module
 
     run_module(main, (subprocess.CalledProcessError,))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tl_cli.errors import TlcliError
+
 SUMMARY = "summary.json"
 LABELS = "labels.json"
 MODEL = "model.safetensors"  # trained network: backbone./extension./head. keys
@@ -123,3 +125,18 @@ class RunDir:
         parent = weights.parent if weights.suffix == ".safetensors" else weights.parent.parent
         run = cls(parent)
         return run if run.is_run() else None
+
+
+EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
+
+
+class Interrupted(TlcliError):
+    """Training stopped by Ctrl-C after a checkpoint was written."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, epoch: int, step: int, run_dir: Path) -> None:
+        super().__init__(
+            f"interrupted at epoch {epoch}, step {step}; checkpoint written to {run_dir / LAST}; "
+            f"resume with: tlcli train resume={run_dir}"
+        )

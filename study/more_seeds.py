@@ -4,7 +4,7 @@ The study searches the LR on one seed (5 LRs x 5 strategies per cell), then reru
 further seeds, so each cell reports mean ± std over 3 seeds at a fraction of 5 x 3 runs. The choice does not
 move when the new seeds land: `choose_lr` ranks LRs on the seeds every LR ran (tl_cli/reporting/sweep.py).
 
-    python -m tl_cli.reporting.more_seeds outputs/study/in1k_fashion_efficientnet_lite0 1,2
+    python -m study.more_seeds outputs/study/in1k_fashion_efficientnet_lite0 1,2
 
 Each chosen job is rerun as `tlcli train -m <its overrides> seed=1,2`, so the new jobs land in the same sweep
 folder, named by their overrides like the first stage's. Seeds already there are skipped: rerunning resumes.
@@ -20,7 +20,7 @@ from tl_cli.errors import TlcliError
 from tl_cli.reporting.study import Cell, build_cells
 from tl_cli.reporting.sweep import group_jobs, load_jobs
 
-USAGE = "python -m tl_cli.reporting.more_seeds <study sweep folder> <seeds, e.g. 1,2>"
+USAGE = "python -m study.more_seeds <study sweep folder> <seeds, e.g. 1,2>"
 
 
 def commands(sweep: Path, seeds: list[int]) -> list[list[str]]:
@@ -60,6 +60,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tl_cli.errors import run_module
+    from study import run_module
 
     run_module(main, (subprocess.CalledProcessError,))

@@ -5,7 +5,7 @@ fit on the very features those runs trained on (same splits, subset and seed; fr
 standardised features, multinomial logistic regression by lbfgs to convergence, C chosen on **val** accuracy from
 C_GRID. Its test accuracy is set beside the strategy's: within about 1 point says the head trained long enough.
 
-    python -m tl_cli.reporting.probe_check outputs/study/in1k_fashion_efficientnet_lite0
+    python -m study.probe_check outputs/study/in1k_fashion_efficientnet_lite0
 
 Writes probe_check.csv into the sweep folder and prints it.
 """
@@ -37,8 +37,8 @@ def job_features(job: SweepJob) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     from tl_cli.config.paths import register_resolvers
     from tl_cli.data.features import cached_feature_splits
-    from tl_cli.run.rundir import CONFIG
     from tl_cli.run.training import build_job, feature_cache_extra
+    from tl_cli.rundir import CONFIG
 
     register_resolvers()
     cfg = OmegaConf.load(job.path / CONFIG)
@@ -99,7 +99,7 @@ def check(sweep: Path) -> list[dict]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
-        raise TlcliError("usage: python -m tl_cli.reporting.probe_check <study sweep folder>")
+        raise TlcliError("usage: python -m study.probe_check <study sweep folder>")
     rows = check(Path(argv[0]))
     with open(Path(argv[0]) / "probe_check.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
@@ -116,6 +116,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tl_cli.errors import run_module
+    from study import run_module
 
     run_module(main)

@@ -6,7 +6,7 @@ the difference in points, and whether the two agree within the seeds' noise (|di
 stds); then one summary line. On the machine that produced the evidence, at the same code, the runs are
 bit-identical; on another CPU they differ within noise.
 
-    python -m tl_cli.reporting.study_compare outputs/study_budget/docs docs/study
+    python -m study.study_compare outputs/study_budget/docs docs/study
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tl_cli.errors import TlcliError
 
-USAGE = "python -m tl_cli.reporting.study_compare <rerun's study folders> <committed study folders, e.g. docs/study>"
+USAGE = "python -m study.study_compare <rerun's study folders> <committed study folders, e.g. docs/study>"
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from tl_cli.errors import run_module
+    from study import run_module
 
     run_module(main)

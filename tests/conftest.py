@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 TLCLI = Path(sys.executable).with_name("tlcli")
@@ -140,3 +145,97 @@ def assert_one_line_error(result, *needles: str) -> str:
     for needle in needles:
         assert needle in errors[0], errors[0]
     return errors[0]
+
+
+# Data sources' files, written by the tests that read them (tests/unit/test_sources.py, tests/e2e/test_data_sources.py)
+def datamodule(overrides: list[str], in_chans: int = 1, img_size: int = 32):
+    """A prepared TransferDataModule of the composed train config (test_resnet's data config)."""
+    import timm
+
+    from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
+
+    cfg = compose(["model=tiny", f"model.in_chans={in_chans}", *overrides])
+    backbone = timm.create_model("test_resnet", num_classes=0, in_chans=in_chans)
+    dm = TransferDataModule(cfg.data, resolve_data_config(backbone, cfg.data, in_chans, img_size), cfg.seed)
+    dm.prepare_splits()
+    return dm
+
+
+# one file per format, the suffix case mixed: what a user's folder holds
+FORMATS = {"png": ".png", "jpeg": ".JPG", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif", "gif": ".gif"}
+
+
+def pixels(label: int, index: int, size: int = 10) -> np.ndarray:
+    """A small RGB image whose brightness tells its class apart."""
+    rng = np.random.default_rng(100 * label + index)
+    return np.clip(rng.normal(60 + 130 * label, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def write_mixed(folder: Path, per_class: int, classes: tuple[str, ...] = ("cat", "dog")) -> list[tuple[str, str]]:
+    """folder/<class>/<i>.<format>, cycling through FORMATS; returns (path relative to folder, class) rows."""
+    rows = []
+    for label, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            fmt, suffix = list(FORMATS.items())[i % len(FORMATS)]
+            path = folder / name / f"{i}{suffix}"
+            Image.fromarray(pixels(label, i)).save(path, format=fmt)
+            rows.append((str(path.relative_to(folder)), name))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("path", "label")) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def hf_tables(tmp_path: Path, image_column: str = "image", label_column: str = "label"):
+    """A DatasetDict of real PNG bytes with a ClassLabel, train and test."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {
+            image_column: datasets.Image(),
+            label_column: datasets.ClassLabel(names=["cat", "dog"]),
+            "id": datasets.Value("int32"),
+        }
+    )
+
+    def table(per_class: int, offset: int):
+        labels = [c for c in (0, 1) for _ in range(per_class)]
+        images = [Image.fromarray(pixels(c, offset + i)) for i, c in enumerate(labels)]
+        data = {image_column: images, label_column: labels, "id": list(range(len(labels)))}
+        return datasets.Dataset.from_dict(data, features=features)
+
+    return datasets.DatasetDict({"train": table(10, 0), "test": table(3, 50)})
+
+
+def write_shards(folder: Path, name: str, samples: list[tuple[str, dict[str, bytes]]], per_shard: int) -> str:
+    """Real tar shards name-000000.tar, ... of (key, {ext: bytes}) samples; returns their brace pattern."""
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for start in range(0, len(samples), per_shard):
+        with tarfile.open(folder / f"{name}-{count:06d}.tar", "w") as tar:
+            for key, files in samples[start : start + per_shard]:
+                for ext, data in files.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        count += 1
+    return str(folder / f"{name}-{{000000..{count - 1:06d}}}.tar")
+
+
+def encoded(label: int, index: int, fmt: str = "png") -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels(label, index)).save(out, format=fmt)
+    return out.getvalue()
+
+
+def shard_samples(per_class: int, offset: int = 0, cls=lambda c: str(c)) -> list[tuple[str, dict[str, bytes]]]:
+    fmts = ("png", "jpeg", "webp")
+    return [
+        (f"s{offset + i:05d}", {fmts[i % 3].replace("jpeg", "jpg"): encoded(c, i, fmts[i % 3]), "cls": cls(c).encode()})
+        for i, c in enumerate(c for c in (0, 1) for _ in range(per_class))
+    ]

@@ -211,6 +211,8 @@ def test_a_test_metric_cannot_be_optimized_without_the_test_pass() -> None:
         (["experiment=smoke"], False),  # a preset's epochs keep the preset's minimum
         ([], False),
         (["~trainer.max_epochs"], False),
+        # a resumed run keeps its recorded minimum: how a DDP rank that Lightning relaunches sees `resume=`
+        (["++resume=/runs/a", "trainer.max_epochs=3"], False),
     ],
 )
 def test_a_given_max_epochs_turns_the_step_minimum_off(args: list[str], appended: bool) -> None:

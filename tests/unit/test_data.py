@@ -7,21 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 
-from tests.conftest import compose, write_images, write_unreadable
-from tl_cli.data.datamodule import TransferDataModule, resolve_data_config
+from tests.conftest import compose, datamodule, write_images, write_unreadable
+from tl_cli.data.datamodule import TransferDataModule
 from tl_cli.data.datasets import FASHION_MNIST_ROOT
 from tl_cli.errors import TlcliError
-
-
-def datamodule(overrides: list[str], in_chans: int = 1, img_size: int = 32) -> TransferDataModule:
-    cfg = compose(["model=tiny", f"model.in_chans={in_chans}", *overrides])
-    backbone = timm.create_model("test_resnet", num_classes=0, in_chans=in_chans)
-    dm = TransferDataModule(cfg.data, resolve_data_config(backbone, cfg.data, in_chans, img_size), cfg.seed)
-    dm.prepare_splits()
-    return dm
 
 
 def labels_of(dm: TransferDataModule, split: str) -> np.ndarray:

@@ -3,41 +3,26 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.unit.test_data import datamodule
+from tests.conftest import (
+    FORMATS,
+    datamodule,
+    encoded,
+    hf_tables,
+    pixels,
+    shard_samples,
+    write_csv,
+    write_mixed,
+    write_shards,
+)
 from tl_cli.data.images import IMAGE_EXTENSIONS
 from tl_cli.errors import TlcliError
-
-# one file per format, the suffix case mixed: what a user's folder holds
-FORMATS = {"png": ".png", "jpeg": ".JPG", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif", "gif": ".gif"}
-
-
-def pixels(label: int, index: int, size: int = 10) -> np.ndarray:
-    """A small RGB image whose brightness tells its class apart."""
-    rng = np.random.default_rng(100 * label + index)
-    return np.clip(rng.normal(60 + 130 * label, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-
-
-def write_mixed(folder: Path, per_class: int, classes: tuple[str, ...] = ("cat", "dog")) -> list[tuple[str, str]]:
-    """folder/<class>/<i>.<format>, cycling through FORMATS; returns (path relative to folder, class) rows."""
-    rows = []
-    for label, name in enumerate(classes):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            fmt, suffix = list(FORMATS.items())[i % len(FORMATS)]
-            path = folder / name / f"{i}{suffix}"
-            Image.fromarray(pixels(label, i)).save(path, format=fmt)
-            rows.append((str(path.relative_to(folder)), name))
-    return rows
 
 
 def sizes(dm) -> dict[str, int]:
@@ -65,14 +50,6 @@ def test_folder_with_loose_images_says_the_layout(tmp_path: Path) -> None:
     Image.fromarray(pixels(1, 0)).save(tmp_path / "b.webp")
     with pytest.raises(TlcliError, match=r"2 image file\(s\) outside class folders \(a.png, b.webp\).*<class>/<image>"):
         datamodule(["data=image_folder", f"data.root={tmp_path}"])
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("path", "label")) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def test_csv_paths_labels_and_held_out_splits(tmp_path: Path) -> None:
@@ -108,26 +85,6 @@ def test_csv_bad_input_is_one_error_each(tmp_path: Path) -> None:
             datamodule([*base, f"{key}={table}"])
 
 
-def hf_tables(tmp_path: Path, image_column: str = "image", label_column: str = "label"):
-    """A DatasetDict of real PNG bytes with a ClassLabel, train and test."""
-    datasets = pytest.importorskip("datasets")
-    features = datasets.Features(
-        {
-            image_column: datasets.Image(),
-            label_column: datasets.ClassLabel(names=["cat", "dog"]),
-            "id": datasets.Value("int32"),
-        }
-    )
-
-    def table(per_class: int, offset: int):
-        labels = [c for c in (0, 1) for _ in range(per_class)]
-        images = [Image.fromarray(pixels(c, offset + i)) for i, c in enumerate(labels)]
-        data = {image_column: images, label_column: labels, "id": list(range(len(labels)))}
-        return datasets.Dataset.from_dict(data, features=features)
-
-    return datasets.DatasetDict({"train": table(10, 0), "test": table(3, 50)})
-
-
 def test_hf_save_to_disk_and_parquet(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))  # parquet is converted into this cache
     tables = hf_tables(tmp_path, image_column="img", label_column="fine_label")  # found by feature type
@@ -143,35 +100,6 @@ def test_hf_save_to_disk_and_parquet(tmp_path: Path, monkeypatch) -> None:
         assert image.shape == (3, 32, 32) and label == 1
     with pytest.raises(TlcliError, match="data.image_column=picture is not a column"):
         datamodule(["data=hf", f"data.dataset={tmp_path / 'disk'}", "data.image_column=picture"])
-
-
-def write_shards(folder: Path, name: str, samples: list[tuple[str, dict[str, bytes]]], per_shard: int) -> str:
-    """Real tar shards name-000000.tar, ... of (key, {ext: bytes}) samples; returns their brace pattern."""
-    folder.mkdir(parents=True, exist_ok=True)
-    count = 0
-    for start in range(0, len(samples), per_shard):
-        with tarfile.open(folder / f"{name}-{count:06d}.tar", "w") as tar:
-            for key, files in samples[start : start + per_shard]:
-                for ext, data in files.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        count += 1
-    return str(folder / f"{name}-{{000000..{count - 1:06d}}}.tar")
-
-
-def encoded(label: int, index: int, fmt: str = "png") -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(pixels(label, index)).save(out, format=fmt)
-    return out.getvalue()
-
-
-def shard_samples(per_class: int, offset: int = 0, cls=lambda c: str(c)) -> list[tuple[str, dict[str, bytes]]]:
-    fmts = ("png", "jpeg", "webp")
-    return [
-        (f"s{offset + i:05d}", {fmts[i % 3].replace("jpeg", "jpg"): encoded(c, i, fmts[i % 3]), "cls": cls(c).encode()})
-        for i, c in enumerate(c for c in (0, 1) for _ in range(per_class))
-    ]
 
 
 def test_webdataset_counts_streams_and_holds_out(tmp_path: Path) -> None:

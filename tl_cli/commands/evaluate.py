@@ -27,7 +27,6 @@ from tl_cli.reporting.diagnostics import (
     plot_top_losses,
     top_losses,
 )
-from tl_cli.run.calibration import ece
 from tl_cli.run.trained import (
     Inference,
     TrainedModel,
@@ -41,6 +40,7 @@ from tl_cli.run.trained import (
     run_seed,
 )
 from tl_cli.run.tta import PLAIN, combine, view_logits, views_of
+from tl_cli.transfer.calibration import ece
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,7 @@ def main(cfg: DictConfig) -> float:
         model.classes = data_classes
     to_model = class_index_map(data_classes, model.classes)
 
-    # a stream read by several workers interleaves their shards; read in one process, its order is the same in
-    # every pass, so the top losses find their images again (samples_at)
-    streamed = isinstance(dataset, IterableDataset)
-    workers = 0 if streamed else resolve_workers(data_cfg.num_workers, device.type)
+    workers = eval_workers(dataset, data_cfg.num_workers, device)
     start = time.perf_counter()
     logits, targets = infer(model.net, dataset, cfg.batch_size, workers, inference, views)
     seconds = time.perf_counter() - start
@@ -104,13 +101,24 @@ def main(cfg: DictConfig) -> float:
         "seconds": round(seconds, 3),
         **inference.record(),  # precision and channels_last the network ran at
     }
+    write_report(out, report)
+    return metrics["acc"]
+
+
+def eval_workers(dataset: Dataset, setting: object, device: torch.device) -> int:
+    """DataLoader workers for the pass. A stream read by several workers interleaves their shards; read in one
+    process its order is the same in every pass, so the top losses find their images again (samples_at)."""
+    return 0 if isinstance(dataset, IterableDataset) else resolve_workers(setting, device.type)
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """metrics.json, the printed report, and the files written, last line `metrics: <path>`."""
     path = out / "metrics.json"
     path.write_text(json.dumps(report, indent=2))
     print_report(report)
     for name in ("confusion_matrix", "top_losses", "calibration"):
         print(f"{name}: {out / report[name + '_png']}", flush=True)
     print(f"metrics: {path}", flush=True)
-    return metrics["acc"]
 
 
 def check_settings(cfg: DictConfig) -> tuple[str, ...]:

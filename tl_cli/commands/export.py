@@ -19,7 +19,6 @@ from omegaconf import DictConfig
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import ONNX
 from tl_cli.extras import require as require_extra
-from tl_cli.run.calibration import calibrated_line
 from tl_cli.run.trained import (
     ARCH_KEY,
     TEMPERATURE_KEY,
@@ -32,6 +31,7 @@ from tl_cli.run.trained import (
     run_seed,
 )
 from tl_cli.rundir import LABELS, MODEL, PREPROCESS
+from tl_cli.transfer.calibration import calibrated_line
 
 log = logging.getLogger(__name__)
 

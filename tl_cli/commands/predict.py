@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 from tl_cli.data.inputs import ImageFiles, collate, collect_inputs, shown
 from tl_cli.errors import TlcliError
 from tl_cli.hardware import resolve_workers
-from tl_cli.run.calibration import calibrated_line
 from tl_cli.run.trained import device_of, inference_for, load_model, require
 from tl_cli.run.tta import combine, view_logits, views_of
+from tl_cli.transfer.calibration import calibrated_line
 
 log = logging.getLogger(__name__)
 

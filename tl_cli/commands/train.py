@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import require_targets
 from tl_cli.ranks import job_scope, several_processes
+from tl_cli.reporting.curves import draw_run_curves
 from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.resume import hand_down, resume_state
 from tl_cli.run.training import fit_run, load_best, score_on_test, write_run
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> float:
     result = score_on_test(trainer, fitted.job, fitted.result) if tested else fitted.result
     if trainer.is_global_zero:  # the other ranks of a data-parallel run write nothing
         write_run(run, cfg, fitted.job, trainer, result, fitted.facts)
+        draw_run_curves(run, f"{cfg.strategy.name} / {cfg.model.backbone} / {cfg.data.name}")
         if racing:
             race.tidy(run)
         _print_result(result.metrics, run.path)

@@ -20,6 +20,8 @@ def _keys_set(args: list[str]) -> set[str]:
 def honour_epochs(args: list[str]) -> list[str]:
     """`args`, with `optim.min_steps=0` appended where they set trainer.max_epochs but not optim.min_steps."""
     keys = _keys_set(args)
-    if EPOCHS in keys and MIN_STEPS not in keys:
+    # `++resume=` (what `resume=<run dir>` becomes, also in the ranks Lightning's launcher starts for it): a resumed
+    # run keeps its recorded minimum, in every rank
+    if EPOCHS in keys and MIN_STEPS not in keys and "resume" not in keys:
         return [*args, NO_MINIMUM]
     return args

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from tl_cli.run.metrics_log import EpochLog, read_epochs
+from tl_cli.rundir import CURVES, METRICS, RunDir
+from tl_cli.transfer.metrics_log import EpochLog, read_epochs
 
+logger = logging.getLogger(__name__)
 MAX_LR_LINES = 8  # more param groups (layer_decay gives one per layer): the lowest and highest LR only
 
 
@@ -60,3 +63,10 @@ def _style(ax, ylabel: str, title: str) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     if ax.lines:
         ax.legend(fontsize=8)
+
+
+def draw_run_curves(run: RunDir, title: str) -> None:
+    """<run>/curves.png from the run's own metrics.csv (a warning where it has no epoch rows)."""
+    metrics = run / METRICS
+    if not metrics.is_file() or not plot_curves(metrics, run / CURVES, title):
+        logger.warning("no %s with epoch rows in %s (logger removed?): no %s", METRICS, run.path, CURVES)

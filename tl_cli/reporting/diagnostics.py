@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tl_cli.run.calibration import ECE_BINS
+from tl_cli.transfer.calibration import ECE_BINS
 
 TOP_LOSSES_PNG = "top_losses.png"
 CALIBRATION_PNG = "calibration.png"

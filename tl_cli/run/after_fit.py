@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig
 
-from tl_cli.reporting.curves import plot_curves
-from tl_cli.run.calibration import TEMPERATURE_RANGE, calibrate, write_calibration
-from tl_cli.rundir import CURVES, METRICS, RunDir
+from tl_cli.rundir import RunDir
+from tl_cli.transfer.calibration import TEMPERATURE_RANGE, calibrate, write_calibration
 
 if TYPE_CHECKING:
     import lightning as L
@@ -25,19 +24,11 @@ log = logging.getLogger(__name__)
 def see_run(
     run: RunDir, cfg: DictConfig, trainer: L.Trainer, module: TransferModule, datamodule: TransferDataModule
 ) -> None:
-    """curves.png, then (calibrate=true, the default) the temperature of the tested weights on val."""
+    """(calibrate=true, the default) the temperature of the tested weights on val."""
     if not trainer.is_global_zero:
         return
-    draw_curves(run, cfg)
     if cfg.get("calibrate", True):  # .get: a resumed run's config may predate the key
         fit_run_temperature(run, trainer, module, datamodule)
-
-
-def draw_curves(run: RunDir, cfg: DictConfig) -> None:
-    metrics = run / METRICS
-    title = f"{cfg.strategy.name} / {cfg.model.backbone} / {cfg.data.name}"
-    if not metrics.is_file() or not plot_curves(metrics, run / CURVES, title):
-        log.warning("no %s with epoch rows in %s (logger removed?): no %s", METRICS, run.path, CURVES)
 
 
 def fit_run_temperature(

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 
 from tl_cli import hardware
 from tl_cli.errors import TlcliError
-from tl_cli.run.calibration import read_temperature
 from tl_cli.rundir import CHECKPOINTS, CONFIG, LABELS, MODEL, PREPROCESS, SUMMARY, RunDir
+from tl_cli.transfer.calibration import read_temperature
 from tl_cli.transfer.network import TransferNet
 
 log = logging.getLogger(__name__)

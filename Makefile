@@ -10,6 +10,8 @@ TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR  := /usr/share/datasets/fashion-mnist
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# pytest-xdist workers: most tests run a `tlcli` subprocess, whose start-up (imports) is single-threaded
+TEST_JOBS   ?= 2
 
 .PHONY: gpu-check install train test test-all lint format smoke source-model fashion-mnist bench clean study study-full study-runs study-sources study-smoke imagenet-source
 
@@ -32,10 +34,10 @@ train: install
 # make test: the fast suite (every command, strategy and data source end to end on tiny configs); make test-all: also
 # the tests marked slow (the study rerun, the races, multi-process runs, compile); CI (.ci/run) runs test-all
 test: install fashion-mnist
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) -m "not slow" $(PYTEST_ARGS)
 
 test-all: install fashion-mnist
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_JOBS) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -120,6 +120,7 @@ def _fit(tmp_path: Path, overrides: list[str], recorder: _Steps) -> L.Trainer:
     return trainer
 
 
+@pytest.mark.slow  # trains twice
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_accumulate_grad_batches_steps_the_optimizer_every_n_batches_and_min_steps_counts_steps(
     tmp_path: Path, accumulate: int
@@ -132,6 +133,7 @@ def test_accumulate_grad_batches_steps_the_optimizer_every_n_batches_and_min_ste
     assert trainer.global_step == len(steps.stepped) == len(steps.before) == 20
 
 
+@pytest.mark.slow  # trains twice
 @pytest.mark.parametrize("kind, clip", [("norm", 0.05), ("value", 0.002)])
 def test_gradient_clip_val_clips_what_the_optimizer_steps_with(tmp_path: Path, kind: str, clip: float) -> None:
     steps = _Steps(kind)
@@ -146,6 +148,7 @@ def test_gradient_clip_val_clips_what_the_optimizer_steps_with(tmp_path: Path, k
             assert stepped == pytest.approx(min(before, clip), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_without_clipping_the_optimizer_steps_with_the_raw_gradients(tmp_path: Path) -> None:
     steps = _Steps()
     _fit(tmp_path, ["trainer.max_epochs=1", "optim.min_steps=6"], steps)

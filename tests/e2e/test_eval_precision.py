@@ -18,6 +18,10 @@ from PIL import Image
 
 from tests.conftest import USE_SHORT, USE_TRAIN, assert_one_line_error, last_line, run_dir_of, tlcli_runner
 
+# slow: bf16 against fp32 evaluation (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
+
 ACC_POINTS = 0.02
 TOP1_AGREEMENT = 0.9
 SOFTMAX_ABS = 0.05

@@ -13,6 +13,10 @@ from tl_cli.data.features import cache_decision
 from tl_cli.errors import TlcliError
 
 # fp32: the cached and uncached paths extract in different batch sizes, which bf16 kernels may round differently
+# slow: the cache against uncached training, trained twice (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
+
 FROZEN = [
     "experiment=smoke",
     "model=embedded",

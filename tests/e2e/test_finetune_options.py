@@ -19,6 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import KEEP_EPOCHS, RESUMABLE, SMOKE, assert_one_line_error, run_dir_of, summary_of
 
+# slow: EMA, LP-FT, layer decay, Mixup in depth: many short trainings (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
+
 RUN = RESUMABLE
 ASSETS = Path(__file__).resolve().parents[2] / "tl_cli" / "assets"
 

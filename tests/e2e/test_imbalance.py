@@ -1,4 +1,8 @@
 """Class imbalance (issue 15) through real `tlcli` runs on an imbalanced image folder: the balanced sampler and
+# slow: the balanced sampler and class weights end to end (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
+
 class weights train from cached features, balanced accuracy and macro F1 reach metrics.csv and summary.json, a run
 monitoring val/balanced_acc keeps its best checkpoint by it, and a bad monitor is a one-line error."""
 

@@ -14,7 +14,13 @@ import termios
 import threading
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SMOKE, TLCLI, run_dir_of
+
+# slow: log formatting (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
 
 EPOCH_LINE = re.compile(
     r"epoch (\d+)/2  train loss [\d.]+ acc [\d.]+  val loss [\d.]+ acc [\d.]+  \d+ img/s  lr [\d.e+-]+  [\d.]+ s$"

@@ -9,10 +9,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import KEEP_EPOCHS, RESUMABLE, TLCLI, assert_one_line_error, run_dir_of, summary_of
+
+# slow: resume and determinism, each trained twice (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
 
 RUN = RESUMABLE
 

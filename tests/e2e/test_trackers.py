@@ -10,6 +10,10 @@ import pytest
 
 from tests.conftest import SMOKE, run_dir_of
 
+# slow: mlflow and wandb loggers (make test-all and CI run them)
+pytestmark = pytest.mark.slow
+
+
 TRACKED = [*SMOKE, "strategy=freeze", "model=embedded"]
 # Any HTTP(S) request would go to a closed local port and fail: the runs must not need one.
 NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "no_proxy": ""}

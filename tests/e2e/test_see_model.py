@@ -16,19 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import TLCLI, assert_one_line_error, run_dir_of
+from tests.conftest import KEEP_EPOCHS, TLCLI, assert_one_line_error, run_dir_of
 
 # tiny test_resnet on a real image folder (so top losses have paths), 3 epochs; every epoch's checkpoint kept for
 # the resume check. fp32: eval reproduces the same numbers
 CLASSES = {"cat": 16, "dog": 16, "fox": 16}
 TRAIN = ["train", "experiment=smoke", "strategy=finetune", "trainer.max_epochs=3", "trainer.precision=32-true"]
-KEEP_EPOCHS = [
-    "+callbacks.every_epoch._target_=lightning.pytorch.callbacks.ModelCheckpoint",
-    "+callbacks.every_epoch.dirpath=${paths.output_dir}/epochs",
-    "+callbacks.every_epoch.save_top_k=-1",
-    "+callbacks.every_epoch.filename='e{epoch}'",
-    "+callbacks.every_epoch.auto_insert_metric_name=false",
-]
 
 
 @pytest.fixture(scope="module")

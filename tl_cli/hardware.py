@@ -146,16 +146,24 @@ def fused_optimizer_kwargs(name: str, device: torch.device) -> dict[str, bool]:
     return {"fused": True} if fused and device.type in ("cpu", "cuda") else {}
 
 
+def devices_requested(devices: Any, accelerator: str = "auto") -> int:
+    """How many devices `trainer.devices` asks for on this machine: a number, a list of device ids, or -1/"auto"
+    (every visible GPU where the accelerator can be one, as Lightning counts them; else one)."""
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    if isinstance(devices, list | tuple) or type(devices).__name__ == "ListConfig":
+        return max(1, len(devices))
+    if str(accelerator) in ("auto", "gpu", "cuda"):
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
 def processes_sharing_cores(devices: Any) -> int:
     """Training processes on this machine that split its cores for DataLoader workers."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
     if SLURMEnvironment.detect():
         return 1  # one task per GPU: each task's CPU affinity already holds only its own cores
-    if isinstance(devices, int) and devices > 0:
-        return devices
-    if isinstance(devices, str) and devices.strip().isdigit():
-        return int(devices)
-    if isinstance(devices, list | tuple) or type(devices).__name__ == "ListConfig":
-        return max(1, len(devices))
-    return max(1, torch.cuda.device_count())  # -1 or "auto": every visible GPU
+    return devices_requested(devices)

@@ -136,21 +136,12 @@ def rerun_command(command: str, args: list[str], argv0: str) -> None:
 
 def several_processes(trainer_cfg) -> bool:
     """Whether this Trainer config trains data-parallel: a launcher started ranks, or it asks for several devices
-    or nodes (devices=-1/"auto" count the visible GPUs, as Lightning does, where the accelerator can be a GPU)."""
+    or nodes."""
     if launcher() is not None or int(trainer_cfg.get("num_nodes") or 1) > 1:
         return True
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        devices = int(devices)
-    if isinstance(devices, int) and devices > 0:
-        return devices > 1
-    if isinstance(devices, list | tuple) or type(devices).__name__ == "ListConfig":
-        return len(devices) > 1
-    if str(trainer_cfg.get("accelerator", "auto")) in ("auto", "gpu", "cuda"):
-        import torch
+    from tl_cli.hardware import devices_requested
 
-        return torch.cuda.device_count() > 1
-    return False
+    return devices_requested(trainer_cfg.get("devices", 1), str(trainer_cfg.get("accelerator", "auto"))) > 1
 
 
 # rank 0's resume decision (a checkpoint, or "" for a fresh start), handed to the ranks Lightning's launcher starts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tl_cli import hardware
 from tl_cli.errors import TlcliError
@@ -86,3 +87,19 @@ def test_the_module_builds_a_fused_optimizer_unless_told_not_to_and_it_trains_th
         assert all(torch.equal(v, net.backbone.state_dict()[k]) for k, v in frozen.items())
         results.append(torch.cat([p.detach().flatten() for p in net.parameters() if p.requires_grad]))
     assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_devices_requested_reads_trainer_devices_as_lightning_does() -> None:
+    """One reading of `trainer.devices`: the workers' core split and the data-parallel refusals both use it."""
+    from omegaconf import OmegaConf
+
+    from tl_cli.hardware import devices_requested
+    from tl_cli.ranks import several_processes
+
+    gpus = max(1, torch.cuda.device_count())
+    assert [devices_requested(d) for d in (1, 4, "2", [0, 1, 2])] == [1, 4, 2, 3]
+    assert devices_requested(-1) == devices_requested("auto") == devices_requested("-1", "gpu") == gpus
+    assert devices_requested("auto", "cpu") == devices_requested(-1, "cpu") == 1
+    assert not several_processes(OmegaConf.create({"devices": "auto", "accelerator": "cpu"}))
+    assert several_processes(OmegaConf.create({"devices": 2, "accelerator": "cpu"}))
+    assert several_processes(OmegaConf.create({"devices": 1, "num_nodes": 2}))

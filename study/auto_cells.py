@@ -31,8 +31,12 @@ IMAGENET = (  # EfficientNet-Lite0, ImageNet-1k (make imagenet-source); batch 16
 
 
 def _fashion(classes: list[int], per_class: int, *extra: str) -> tuple[str, ...]:
-    return ("data=fashion_mnist", f"data.classes=[{','.join(map(str, classes))}]", f"data.samples_per_class={per_class}",
-            *extra)
+    return (
+        "data=fashion_mnist",
+        f"data.classes=[{','.join(map(str, classes))}]",
+        f"data.samples_per_class={per_class}",
+        *extra,
+    )
 
 
 def _digits(per_class: int | None, *extra: str) -> tuple[str, ...]:

@@ -1,117 +1,195 @@
-"""Replay `strategy=auto`'s race on a finished study sweep, from its jobs' per-epoch val curves, without training.
+"""Choose `strategy=auto`'s race settings by replaying the race on the tuning cells' **val** curves, no training.
 
-For each cell the race is simulated on the search seed's runs at the auto LR: a frozen candidate scores its best
-val acc over the whole run, a racing one its best over the first `race_epochs` epochs, the leader its best over the
-whole run; the pick follows tl_cli/run/race.py's own `pick`. Each variant of the race's settings is then scored
-like the real auto runs (best-or-tied picks, regret against the cell's best at each strategy's val-chosen LR).
-It designs the race's settings on the study's curves; the settings are fixed before the evaluation runs, which are
-real `strategy=auto` runs, never this replay.
+    python -m study.race_replay outputs/auto_study/tuning [--write docs/study/auto_v3/replay.md]
 
-    python -m study.race_replay outputs/study/digits_test_resnet outputs/study/in1k_digits_efficientnet_lite0
+Reads the jobs of `python -m study.auto_runs tuning` (run with test=false: there is no test accuracy to read).
+For each (cell, seed) and each variant of the settings, the race of tl_cli/run/race.py is simulated:
+- a frozen candidate scores its proxy run's val curve (un-augmented, the race's cached features), over its first
+  race epochs (`frozen_at=race`) or all of them (`full`);
+- a trainable one scores its best val acc over its first race epochs (scratch: the run at `scratch_lr_mult`);
+- the pick follows race.py's own `pick`. Its outcome is the full run's best val acc of the strategy it picks, as
+  the race would train it (a frozen pick with the run's augmentation; scratch at its multiplied LR).
+A variant is scored by its mean val regret against the best fixed strategy at its defaults, and its modelled cost:
+the race's train seconds over finetune's (the frozen proxies, the race slices, the pick's rest or its retraining).
+
+The rule that chooses, fixed before the replay ran: the lowest mean val regret among the variants whose mean
+modelled cost is <= MAX_COST; ties (within 0.05 points) go to the cheaper variant, then the earlier in the grid.
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
+import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from tl_cli.config.schema import AutoConfig
+from study.auto_cells import FIXED
 from tl_cli.errors import TlcliError
-from tl_cli.reporting.study import Cell, build_cells
-from tl_cli.reporting.sweep import SweepJob, group_jobs, load_jobs
+from tl_cli.run.race import FROZEN, pick, race_epochs, trainable_candidates
+from tl_cli.rundir import RunDir
 
-USAGE = "python -m study.race_replay <study sweep folder> [...]"
-AUTO_LR = 0.03
-SEARCH_SEED = 0
+USAGE = "python -m study.race_replay <tuning folder> [--write <markdown file>]"
+MAX_COST = 1.35  # modelled train seconds; the processes' start-up, the test and calibration come on top
+GRID = {
+    "race_fraction": (0.1, 0.2, 0.3),
+    "frozen_at": ("race", "full"),
+    "tie_se": (0.0, 0.5, 1.0, 2.0),
+    "prior": ("finetune", "extend_finetune"),
+    "scratch_lr_mult": (1.0, 0.333, 0.1),
+}
+EPSILON = 0.05  # points: variants closer than this in regret count as equal
 
 
 @dataclass(frozen=True)
-class Variant:
-    """The race's settings under test (the names of strategy.auto's keys); by default, its current settings."""
+class Job:
+    """One finished tuning job: its val curve (epoch -> acc), best val acc, train seconds and epochs."""
 
-    race_fraction: float = AutoConfig.race_fraction
-    tie_se: float = AutoConfig.tie_se
-    prior: str = AutoConfig.prior
-    scratch_min_per_class: int = AutoConfig.scratch_min_per_class
-    scratch_lr_mult: float = AutoConfig.scratch_lr_mult  # scratch's LR relative to the auto LR
-
-    def label(self) -> str:
-        return (
-            f"fraction {self.race_fraction:g}, tie_se {self.tie_se:g}, prior {self.prior}, "
-            f"scratch from {self.scratch_min_per_class}/class at lr x{self.scratch_lr_mult:g}"
-        )
+    curve: dict[int, float]
+    val_acc: float
+    seconds: float
+    epochs: int
 
 
-def _runs_by_key(jobs: list[SweepJob]) -> dict[tuple, SweepJob]:
-    """The search seed's finished jobs by (samples_per_class, strategy, lr)."""
-    runs = {}
-    for job in jobs:
-        s = job.summary or {}
-        if s.get("seed") == SEARCH_SEED and s.get("strategy") != "auto" and job.val_curve:
-            runs[(s.get("samples_per_class"), s["strategy"], _grid(s.get("lr")))] = job
-    return runs
+@dataclass(frozen=True)
+class Seed:
+    """The jobs of one (cell, seed), by job name (study/auto_runs.py's tuning_jobs), and its val size."""
+
+    cell: str
+    seed: int
+    jobs: dict[str, Job]
+    val_images: int
+    train_min_per_class: int
+
+    def truth(self, name: str, mult: float) -> float:
+        """Full-run val acc of strategy `name` as the race trains it."""
+        return self.jobs[_job_name(name, mult)].val_acc
+
+    def best_fixed(self) -> float:
+        return max(self.truth(s, 1.0) for s in FIXED)
 
 
-def _grid(lr: float | None) -> float | None:
-    return None if lr is None else float(f"{lr:.2g}")  # 0.03 x 0.333 -> 0.01, a grid point
+def _job_name(strategy: str, mult: float) -> str:
+    return f"scratch_x{mult:g}" if strategy == "scratch" else strategy
 
 
-def _best(curve: dict[int, float], epochs: int | None = None) -> float:
-    return max(v for e, v in curve.items() if epochs is None or e < epochs)
+def load(folder: Path) -> list[Seed]:
+    """Every (cell, seed) whose jobs all finished."""
+    seeds = []
+    for seed_dir in sorted(folder.glob("*/seed*")):
+        jobs, val, smallest = {}, 0, 0
+        for job_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir()):
+            summary = RunDir(job_dir).read_summary()
+            if summary is None:
+                continue
+            run = RunDir(job_dir)
+            jobs[job_dir.name] = Job(run.val_curve(), summary["metrics"]["val/acc"], summary["train_seconds"],
+                                     summary["epochs"])  # fmt: skip
+            val = summary["split_sizes"]["val"]
+            smallest = summary.get("samples_per_class") or summary["split_sizes"]["train"] // summary["num_classes"]
+        needed = {*FIXED, "freeze_proxy", "extend_freeze_proxy"} - {"scratch"}
+        if needed <= jobs.keys() and any(n.startswith("scratch_x") for n in jobs):
+            seeds.append(Seed(seed_dir.parent.name, int(seed_dir.name[4:]), jobs, val, smallest))
+    return seeds
 
 
-def replay_cell(cell: Cell, runs: dict[tuple, SweepJob], variant: Variant) -> str | None:
-    """The strategy the race would pick in this cell; None where a candidate's run at the auto LR is missing."""
-    from tl_cli.run.race import FROZEN, pick, race_epochs, trainable_candidates
-
-    def job(strategy: str) -> SweepJob | None:
-        mult = variant.scratch_lr_mult if strategy == "scratch" else 1.0
-        return runs.get((cell.samples_per_class, strategy, _grid(AUTO_LR * mult)))
-
-    spc = cell.samples_per_class if cell.samples_per_class is not None else sys.maxsize
-    racing = trainable_candidates(spc, variant.scratch_min_per_class)
-    found = {name: job(name) for name in (*FROZEN, *racing)}
-    if any(j is None for j in found.values()):
-        return None
-    val_images = int(found["finetune"].summary["split_sizes"]["val"])
-    epochs = int((found["finetune"].config.get("trainer") or {}).get("max_epochs", 10))
-    stop = race_epochs(variant.race_fraction, epochs)
-    scores = {name: _best(found[name].val_curve, stop) for name in racing}
-    leader, _ = pick(scores, val_images, variant.tie_se, variant.prior)
-    final = {name: _best(found[name].val_curve) for name in (*FROZEN, leader)}
-    return pick(final, val_images, variant.tie_se, variant.prior)[0]
-
-
-def score(cells: list[tuple[Cell, dict]], variant: Variant) -> tuple[int, int, float, float]:
-    """(best-or-tied picks, picks, mean regret, worst regret) of a variant over the cells it could replay."""
-    picks = [(cell, replay_cell(cell, runs, variant)) for cell, runs in cells]
-    picks = [(cell, p) for cell, p in picks if p is not None]
-    regrets = [cell.regret(p) or 0.0 for cell, p in picks]
-    hits = sum(p in cell.winners() for cell, p in picks)
-    return hits, len(picks), sum(regrets) / max(len(regrets), 1), max(regrets, default=0.0)
+def replay(seed: Seed, v: dict) -> tuple[str, float, float]:
+    """(the pick, its val regret in points, its modelled cost in finetune runs) under settings v."""
+    epochs = seed.jobs["finetune"].epochs
+    first = race_epochs(v["race_fraction"], epochs)
+    scores, cost = {}, 0.0
+    for name in FROZEN:
+        proxy = seed.jobs[f"{name}_proxy"]
+        scored = [a for e, a in proxy.curve.items() if v["frozen_at"] == "full" or e < first]
+        scores[name] = max(scored)
+        cost += proxy.seconds
+    for name in trainable_candidates(seed.train_min_per_class, 1):
+        job = seed.jobs[_job_name(name, v["scratch_lr_mult"])]
+        scores[name] = max(a for e, a in job.curve.items() if e < first)
+        cost += job.seconds * first / job.epochs
+    chosen, _ = pick(scores, seed.val_images, v["tie_se"], v["prior"])
+    picked = seed.jobs[_job_name(chosen, v["scratch_lr_mult"])]
+    cost += picked.seconds * ((1 - first / picked.epochs) if chosen not in FROZEN else 1.0)
+    regret = 100 * (seed.best_fixed() - seed.truth(chosen, v["scratch_lr_mult"]))
+    return chosen, regret, cost / seed.jobs["finetune"].seconds
 
 
-def variants() -> list[Variant]:
-    grid = itertools.product((0.2, 0.3, 0.5), (0.0, 0.5, 1.0), ("finetune", "extend_finetune"), (1, 50), (1.0, 0.333))
-    return [Variant(f, t, p, s, m) for f, t, p, s, m in grid]
+def variants() -> list[dict]:
+    return [dict(zip(GRID, values, strict=True)) for values in itertools.product(*GRID.values())]
+
+
+def score(seeds: list[Seed], v: dict) -> tuple[float, float, int]:
+    """(mean val regret in points, mean modelled cost, picks within one val standard error of the best)."""
+    regrets, costs, hits = [], [], 0
+    for s in seeds:
+        _, regret, cost = replay(s, v)
+        regrets.append(regret)
+        costs.append(cost)
+        best = s.best_fixed()
+        hits += regret <= 100 * math.sqrt(best * (1 - best) / s.val_images) + 1e-9
+    return statistics.fmean(regrets), statistics.fmean(costs), hits
+
+
+def choose(seeds: list[Seed]) -> tuple[dict, list[tuple[dict, tuple[float, float, int]]]]:
+    """The rule in the module docstring: (chosen settings, every variant with its score)."""
+    scored = [(v, score(seeds, v)) for v in variants()]
+    affordable = [(v, s) for v, s in scored if s[1] <= MAX_COST]
+    if not affordable:
+        raise TlcliError(f"no variant costs <= {MAX_COST} finetune runs on these cells")
+    best_regret = min(s[0] for _, s in affordable)
+    near = [(v, s) for v, s in affordable if s[0] <= best_regret + EPSILON]
+    return min(near, key=lambda vs: vs[1][1])[0], scored
+
+
+def proxy_changes(seeds: list[Seed], v: dict) -> list[str]:
+    """(cell, seed)s where scoring the frozen candidates on their real (augmented) runs picks differently."""
+    changed = []
+    for s in seeds:
+        real = {**s.jobs, **{f"{n}_proxy": s.jobs[n] for n in FROZEN}}
+        if replay(s, v)[0] != replay(Seed(s.cell, s.seed, real, s.val_images, s.train_min_per_class), v)[0]:
+            changed.append(f"{s.cell} seed {s.seed}")
+    return changed
+
+
+def report(seeds: list[Seed]) -> str:
+    chosen, scored = choose(seeds)
+    lines = [
+        f"Replay on {len(seeds)} (cell, seed)s of the tuning cells, val only; {len(scored)} variants.",
+        f"Rule: lowest mean val regret with mean modelled cost <= {MAX_COST}; within {EPSILON} points, the cheaper.",
+        "",
+        "| variant | mean val regret (points) | modelled cost (finetune runs) | picks within 1 val se |",
+        "|---|---:|---:|---:|",
+    ]
+    ranked = sorted(scored, key=lambda vs: (vs[1][0], vs[1][1]))
+    for v, (regret, cost, hits) in ranked[:15]:
+        mark = " **(chosen)**" if v == chosen else ""
+        lines.append(f"| {_label(v)}{mark} | {regret:.2f} | {cost:.2f} | {hits}/{len(seeds)} |")
+    lines += ["", "Chosen: " + _label(chosen), "", "Per (cell, seed) under the chosen settings:", ""]
+    lines += ["| cell | seed | pick | val regret (points) | modelled cost |", "|---|---:|---|---:|---:|"]
+    for s in seeds:
+        chosen_pick, regret, cost = replay(s, chosen)
+        lines.append(f"| {s.cell} | {s.seed} | {chosen_pick} | {regret:.2f} | {cost:.2f} |")
+    changed = proxy_changes(seeds, chosen)
+    lines += ["", f"The un-augmented proxy changes the pick, against scoring the real frozen runs, on "
+              f"{len(changed)} of {len(seeds)}: {', '.join(changed) or 'none'}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _label(v: dict) -> str:
+    return ", ".join(f"{k}={val}" for k, val in v.items())
 
 
 def main(argv: list[str]) -> int:
-    if not argv:
+    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--write"):
         raise TlcliError(f"usage: {USAGE}")
-    cells = []
-    for folder in map(Path, argv):
-        if not folder.is_dir():
-            raise TlcliError(f"no sweep folder {folder}; run the study first (make study)")
-        jobs = load_jobs(folder)
-        runs = _runs_by_key(jobs)
-        cells += [(cell, runs) for cell in build_cells(group_jobs(jobs), jobs)]
-    rows = sorted(((score(cells, v), v) for v in variants()), key=lambda r: (-r[0][0], r[0][2]))
-    print("| race settings | best or tied | mean regret | worst regret |\n|---|---:|---:|---:|")
-    for (hits, n, mean, worst), v in rows:
-        print(f"| {v.label()} | {hits}/{n} | {mean:.2f} | {worst:.1f} |")
+    seeds = load(Path(argv[0]))
+    if not seeds:
+        raise TlcliError(f"no finished tuning cells under {argv[0]}; run python -m study.auto_runs tuning first")
+    text = report(seeds)
+    print(text, end="")
+    if len(argv) == 3:
+        Path(argv[2]).parent.mkdir(parents=True, exist_ok=True)
+        Path(argv[2]).write_text(text)
     return 0
 
 

@@ -5,6 +5,7 @@ The layout is the contract in ../shared/DESIGN.md (section 3); every module name
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -101,6 +102,17 @@ class RunDir:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def val_curve(self) -> dict[int, float]:
+        """epoch -> val/acc: the last value logged in each epoch of metrics.csv (empty when there is none)."""
+        curve: dict[int, float] = {}
+        if not (self.path / METRICS).is_file():
+            return curve
+        with open(self.path / METRICS, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("val/acc") and row.get("epoch"):
+                    curve[int(float(row["epoch"]))] = float(row["val/acc"])
+        return curve
 
     def write_summary(self, summary: Summary) -> Path:
         self.summary_file.write_text(json.dumps(summary.to_dict(), indent=2))

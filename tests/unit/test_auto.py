@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from tests.conftest import compose
 from tl_cli.config.schema import AutoConfig
 from tl_cli.errors import TlcliError
-from tl_cli.transfer.auto import TABLE, chance_corrected, check_settings, decide, subsample, trained_config
+from tl_cli.run.auto import trained_config
+from tl_cli.transfer.auto import TABLE, chance_corrected, check_settings, decide, subsample
 
 CHANCE = 0.1  # 10 balanced classes
 
@@ -114,11 +115,14 @@ def test_an_auto_run_dir_is_rebuilt_with_the_strategy_it_chose(tmp_path: Path) -
 
 def test_auto_builds_exactly_the_chosen_strategys_network() -> None:
     """method=rule, same seed: the auto job's network, trainable set and optimizer settings are the chosen one's."""
+    from tl_cli.run.training import backbone_kwargs
     from tl_cli.run.training import build_job as build
+    from tl_cli.transfer.auto import choose
 
     overrides = ["data.samples_per_class=5", "data.augment=false"]
-    auto_job = build(compose(["strategy=auto", "strategy.auto.method=rule", *overrides]))
-    record = auto_job.auto
+    cfg = compose(["strategy=auto", "strategy.auto.method=rule", *overrides])
+    resolved, record = choose(cfg, backbone_kwargs(cfg))  # what tl_cli/run/auto.py's fit then trains
+    auto_job = build(resolved)
     assert record["chosen"] in ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
     assert record["samples_per_class"] == 5 and record["probe_train"] == 50
     assert 0.0 <= record["probe_acc_random"] <= 1.0 and 0.0 <= record["probe_acc_source"] <= 1.0

@@ -305,7 +305,7 @@ def test_a_resume_in_the_middle_of_a_frozen_epoch_keeps_the_backbone_frozen(tmp_
         (["strategy=freeze", "strategy.freeze_epochs=1"], "not strategy=freeze"),
         (["strategy=extend_freeze", "strategy.freeze_epochs=1"], "not strategy=extend_freeze"),
         (["strategy=scratch", "strategy.freeze_epochs=1"], "not strategy=scratch"),
-        (["strategy=auto", "strategy.freeze_epochs=1"], "not strategy=auto"),
+        (["strategy=auto", "strategy.freeze_epochs=1"], "strategy=auto trains its pick with that strategy's preset"),
         (["strategy=finetune", "strategy.freeze_epochs=10"], "below trainer.max_epochs=10"),
         (["strategy=finetune", "strategy.freeze_epochs=1", "trainer=ddp"], "ddp_find_unused_parameters_true"),
         (["strategy=finetune", "strategy.freeze_epochs=1", "trainer.strategy=ddp_find_unused_parameters_true"], None),

@@ -36,9 +36,11 @@ def test_a_tie_goes_to_the_prior_then_the_preference_order() -> None:
 
 
 def test_the_race_record_reads_back(tmp_path) -> None:
-    race = Race(600, 60, 10, 3, {"finetune": Score(0.7, 3, 12.5, "race", "x.ckpt")}, leader="finetune", why="w")
+    race = Race(600, 60, 10, 3, {"finetune": Score(0.7, 3, 90, 12.5, "race", "x.ckpt")}, chosen="finetune", why="w")
     race.save(tmp_path / "race.json")
-    assert Race.load(tmp_path / "race.json") == race
+    assert Race.load(tmp_path / "race.json") == race and race.continues
+    frozen = Race(600, 60, 10, 3, {"freeze": Score(0.7, 10, 300, 1.0, "proxy", full_val_acc=0.8)}, chosen="freeze")
+    assert not frozen.continues  # a frozen pick trains in the run dir from the start
 
 
 def test_scorecards_score_auto_and_every_constant_on_the_same_cells() -> None:
@@ -87,20 +89,14 @@ def test_scratch_races_at_its_own_lr_and_the_others_at_optim_lr(tmp_path) -> Non
     assert finetune.data.feature_cache_dir == str(tmp_path / "auto" / "feature_cache")
 
 
-def test_a_saved_config_from_before_scratch_lr_mult_races_on(tmp_path) -> None:
-    """A resumed run's saved config may predate a setting: the schema default fills it in, and scratch continues
-    at the LR it raced at then (optim.lr), so the continuation stays exact."""
-    from omegaconf import OmegaConf
+def test_a_race_saved_by_the_previous_race_layout_races_again(tmp_path) -> None:
+    """race v2's race.json (leader, final; no steps) cannot be continued by this race: it reads as None."""
+    import json
 
-    from tests.conftest import compose
-    from tl_cli.run.race import _config_for
-    from tl_cli.rundir import RunDir
-    from tl_cli.transfer.auto import settings_of
-
-    saved = OmegaConf.create(OmegaConf.to_container(compose(["strategy=auto", "optim.lr=0.03"])))
-    del saved.strategy.auto["scratch_lr_mult"]
-    assert settings_of(saved).scratch_lr_mult == pytest.approx(0.333)
-    assert _config_for(saved, "scratch", RunDir(tmp_path)).optim.lr == pytest.approx(0.03)
+    old = {"val_images": 10, "val_min_per_class": 5, "train_min_per_class": 5, "race_epochs": 3, "leader": "finetune",
+           "scores": {"finetune": {"val_acc": 0.5, "epochs": 3, "seconds": 1.0, "stage": "race"}}}  # fmt: skip
+    (tmp_path / "race.json").write_text(json.dumps(old))
+    assert Race.load(tmp_path / "race.json") is None
 
 
 def test_a_saved_race_is_reused_only_by_its_own_config_or_a_resume(tmp_path) -> None:
@@ -110,14 +106,14 @@ def test_a_saved_race_is_reused_only_by_its_own_config_or_a_resume(tmp_path) -> 
     path, leader_ckpt = tmp_path / "race.json", tmp_path / "race.ckpt"
     leader_ckpt.write_bytes(b"x")
     assert saved_race(path, "abc", None) is None  # nothing raced yet
-    scores = {"finetune": Score(0.7, 3, 1.0, "race", str(leader_ckpt))}
-    Race(100, 10, 10, 3, scores, leader="finetune", config_sha="abc").save(path)
-    assert saved_race(path, "abc", None).leader == "finetune"  # an interrupted job of the same sweep
+    scores = {"finetune": Score(0.7, 3, 90, 1.0, "race", str(leader_ckpt))}
+    Race(100, 10, 10, 3, scores, chosen="finetune", config_sha="abc").save(path)
+    assert saved_race(path, "abc", None).chosen == "finetune"  # an interrupted job of the same sweep
     assert saved_race(path, "other", None) is None  # another config in the same run dir: race again
-    assert saved_race(path, "other", str(tmp_path)).leader == "finetune"  # resume= continues what is there
-    Race(100, 10, 10, 3, scores, leader="finetune").save(path)  # recorded before config_sha was: race again
+    assert saved_race(path, "other", str(tmp_path)).chosen == "finetune"  # resume= continues what is there
+    Race(100, 10, 10, 3, scores, chosen="finetune").save(path)  # recorded without config_sha: race again
     assert saved_race(path, "abc", None) is None
-    Race(100, 10, 10, 3, scores, leader="finetune", config_sha="abc").save(path)
+    Race(100, 10, 10, 3, scores, chosen="finetune", config_sha="abc").save(path)
     leader_ckpt.unlink()  # a finished run's candidates were tidied away: nothing to continue from
     assert saved_race(path, "abc", None) is None
 

@@ -284,31 +284,49 @@ def test_extend_grid_runs_one_step_past_each_edge_choice_on_the_search_seed(tmp_
     assert [args[2] for args in commands(tmp_path)] == ["strategy=freeze"]
 
 
-def test_race_replay_simulates_the_race_on_the_search_seeds_val_curves(tmp_path: Path) -> None:
-    """The replay scores racing candidates on their first race_epochs epochs, the leader and the frozen ones on
-    the whole run, scratch at its own LR; a candidate missing at the auto LR leaves the cell out."""
-    from study.race_replay import Variant, _runs_by_key, replay_cell
+def test_race_replay_simulates_the_race_on_val_curves_only(tmp_path: Path) -> None:
+    """The replay scores trainable candidates on their first race epochs, frozen ones on their un-augmented
+    proxy, scratch at its own LR; a pick's outcome is the full run's val acc as the race would train it."""
+    import json
 
-    curves = {  # strategy, lr -> val acc per epoch (10 epochs; the race sees the first 3)
-        ("freeze", 0.03): [0.70] * 10,
-        ("extend_freeze", 0.03): [0.72] * 10,
-        ("finetune", 0.03): [0.80] * 3 + [0.85] * 7,  # fast start, the leader among the transfer candidates
-        ("extend_finetune", 0.03): [0.60] * 3 + [0.95] * 7,  # slow start: the race stops it before it shows
-        ("scratch", 0.01): [0.90] * 10,  # at 0.03 x 0.333
-        ("scratch", 0.03): [0.10] * 10,
+    from study.race_replay import load, replay
+
+    curves = {  # job -> val acc per epoch (10 epochs; at race_fraction 0.3 the race sees the first 3)
+        "freeze": [0.70] * 10,
+        "freeze_proxy": [0.75] * 10,
+        "extend_freeze": [0.72] * 10,
+        "extend_freeze_proxy": [0.60] * 10,
+        "finetune": [0.80] * 3 + [0.85] * 7,  # fast start
+        "extend_finetune": [0.60] * 3 + [0.95] * 7,  # slow start: the race stops it before it shows
+        "scratch_x0.333": [0.90] * 10,
+        "scratch_x1": [0.10] * 10,
     }
-    for i, ((strategy, lr), curve) in enumerate(curves.items()):
-        write_job(tmp_path, str(i), strategy, lr, 0, val=max(curve), test=0.5, split_sizes={"val": 1000})
-        rows = "".join(f"{e},{v}\n" for e, v in enumerate(curve))
-        (tmp_path / str(i) / "metrics.csv").write_text("epoch,val/acc\n" + rows)
-    jobs = load_jobs(tmp_path)
-    (cell,) = build_cells(group_jobs(jobs), jobs)
-    runs = _runs_by_key(jobs)
-    assert replay_cell(cell, runs, Variant()) == "scratch"
-    assert replay_cell(cell, runs, Variant(scratch_lr_mult=1.0)) == "finetune"  # scratch at 0.03 never leads
-    assert replay_cell(cell, runs, Variant(scratch_min_per_class=50)) == "finetune"  # 5 per class: no scratch
-    assert replay_cell(cell, runs, Variant(scratch_min_per_class=50, race_fraction=0.5)) == "extend_finetune"
-    assert replay_cell(cell, runs, Variant(scratch_lr_mult=0.1)) is None  # no scratch run at lr 0.003
+    for name, curve in curves.items():
+        job = tmp_path / "cell" / "seed0" / name
+        job.mkdir(parents=True)
+        summary = {
+            "metrics": {"val/acc": max(curve)},
+            "train_seconds": 1.0 if "proxy" in name else 10.0,
+            "epochs": 10,
+            "split_sizes": {"val": 1000, "train": 50},
+            "samples_per_class": 5,
+            "num_classes": 10,
+        }
+        (job / "summary.json").write_text(json.dumps(summary))
+        (job / "metrics.csv").write_text("epoch,val/acc\n" + "".join(f"{e},{v}\n" for e, v in enumerate(curve)))
+    (seed,) = load(tmp_path)
+    base = {"race_fraction": 0.3, "frozen_at": "race", "tie_se": 0.0, "prior": "finetune", "scratch_lr_mult": 0.333}
+    chosen, regret, cost = replay(seed, base)
+    assert chosen == "scratch" and regret == pytest.approx(100 * (0.95 - 0.90))
+    assert cost == pytest.approx((1 + 1 + 3 * 3 + 7) / 10)  # proxies, three race slices, the pick's other 70 %
+    assert replay(seed, {**base, "scratch_lr_mult": 1.0})[0] == "finetune"
+    assert replay(seed, {**base, "scratch_lr_mult": 1.0, "race_fraction": 0.5})[0] == "extend_finetune"
+    frozen = {**base, "scratch_lr_mult": 1.0, "tie_se": 0.0}
+    (tmp_path / "cell/seed0/freeze_proxy/metrics.csv").write_text("epoch,val/acc\n0,0.99\n")
+    (seed,) = load(tmp_path)
+    chosen, regret, cost = replay(seed, frozen)
+    assert chosen == "freeze" and regret == pytest.approx(100 * (0.95 - 0.70))  # scored on the augmented run
+    assert cost == pytest.approx((1 + 1 + 3 * 3 + 10) / 10)  # a frozen pick trains in full
 
 
 def test_unseen_cells_are_those_raced_only_after_the_settings_were_chosen() -> None:

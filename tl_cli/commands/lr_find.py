@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from tl_cli.config.strategies import is_auto
 from tl_cli.errors import TlcliError
 from tl_cli.ranks import several_processes
 from tl_cli.run.command import quiet_framework_noise, run_dir
@@ -24,7 +25,7 @@ MIN_STEPS = 20  # Lightning's suggestion skips the sweep's first 10 losses and i
 def check_settings(cfg: DictConfig) -> None:
     """One-line errors for what the sweep cannot run with."""
     s = cfg.lr_find
-    if cfg.strategy.name == "auto":
+    if is_auto(cfg):
         raise TlcliError(
             "lr-find needs a concrete strategy, not strategy=auto (it picks one by measuring); run "
             "`tlcli train strategy=auto`, then lr-find with the strategy it chose, e.g. strategy=freeze"

@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from tl_cli.errors import TlcliError, choose_from
+from tl_cli.config.strategies import is_auto
+from tl_cli.errors import choose_from
 from tl_cli.extras import require_targets
-from tl_cli.ranks import job_scope, several_processes
+from tl_cli.ranks import job_scope
 from tl_cli.reporting.curves import draw_run_curves
+from tl_cli.run import auto
 from tl_cli.run.command import quiet_framework_noise, run_dir
 from tl_cli.run.resume import hand_down, resume_state
 from tl_cli.run.training import fit_run, load_best, score_on_test, write_run
@@ -35,17 +37,8 @@ def train(cfg: DictConfig) -> float:
         _print_result(state.finished["metrics"], run.path)
         return _optimized(cfg, state.finished["metrics"])
     hand_down(state)
-    racing = uses_race(cfg)
-    if racing:  # strategy=auto's race: candidates first, then the winner fitted in this run dir
-        from tl_cli.run import race
-
-        if several_processes(cfg.trainer):
-            raise TlcliError(
-                "strategy=auto's race trains its candidates one after another in one process; run it on one device "
-                "(drop trainer.devices/num_nodes, or torchrun/srun), then train the strategy it picks data-parallel"
-            )
-
-        fitted = race.race_and_fit(cfg, run, state.config_sha, state.checkpoint)
+    if is_auto(cfg):  # measure and choose, then fit the choice in this run dir (tl_cli/run/auto.py)
+        fitted = auto.fit(cfg, run, state.config_sha, state.checkpoint)
     else:
         fitted = fit_run(cfg, run, state.config_sha, state.checkpoint)
     trainer = fitted.trainer
@@ -55,16 +48,9 @@ def train(cfg: DictConfig) -> float:
     if trainer.is_global_zero:  # the other ranks of a data-parallel run write nothing
         write_run(run, cfg, fitted.job, trainer, result, fitted.facts)
         draw_run_curves(run, f"{cfg.strategy.name} / {cfg.model.backbone} / {cfg.data.name}")
-        if racing:
-            race.tidy(run)
+        auto.tidy(cfg, run)
         _print_result(result.metrics, run.path)
     return _optimized(cfg, result.metrics)
-
-
-def uses_race(cfg: DictConfig) -> bool:
-    from tl_cli.transfer.auto import settings_of
-
-    return cfg.strategy.name == "auto" and settings_of(cfg).method == "race"
 
 
 def _optimized(cfg: DictConfig, metrics: dict) -> float:

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tl_cli import hardware
 from tl_cli.config.keys import trainer_arguments
-from tl_cli.config.strategies import get_strategy
+from tl_cli.config.strategies import get_strategy, is_auto
 from tl_cli.errors import TlcliError, choose_from
 from tl_cli.extras import DATA_SOURCES, require
 
@@ -40,7 +40,10 @@ def check_config(cfg: DictConfig) -> None:
     if metric.startswith("test/") and not cfg.get("test", True):
         raise TlcliError(f"optimized_metric={metric} needs the test pass; set test=true, or optimize a val/ metric")
     check_finetune_options(cfg)
-    check_freeze_epochs(cfg)
+    if is_auto(cfg):
+        check_auto(cfg)
+    else:
+        check_freeze_epochs(cfg)
     check_imbalance_options(cfg.data)
     if cfg.data.name in DATA_SOURCES:  # before any backbone or data is built
         require(DATA_SOURCES[cfg.data.name])
@@ -85,7 +88,7 @@ def check_finetune_options(cfg: DictConfig) -> None:
     if layer_decay is not None and not 0 < layer_decay <= 1:
         raise TlcliError(f"optim.layer_decay={layer_decay} must be in (0, 1], e.g. 0.75 (null = off)")
     # auto decides later; layer decay then applies if it picks a strategy that trains the backbone
-    if layer_decay is not None and cfg.strategy.name != "auto" and not get_strategy(cfg.strategy.name).train_backbone:
+    if layer_decay is not None and not is_auto(cfg) and not get_strategy(cfg.strategy.name).train_backbone:
         raise TlcliError(
             f"optim.layer_decay={layer_decay} has no effect with strategy={cfg.strategy.name}: the backbone is frozen; "
             f"use strategy=finetune or extend_finetune, or optim.layer_decay=null"
@@ -98,6 +101,24 @@ def check_finetune_options(cfg: DictConfig) -> None:
             raise TlcliError(f"data.{key}={alpha} must be >= 0: the Beta(alpha, alpha) mixing parameter, 0 = off")
 
 
+def check_auto(cfg: DictConfig) -> None:
+    """What strategy=auto cannot run with, refused before it measures anything (its settings' ranges:
+    tl_cli/transfer/auto.py's check_settings)."""
+    from tl_cli.data.stream import STREAMING
+
+    epochs = cfg.strategy.get("freeze_epochs") or 0
+    if epochs:
+        raise TlcliError(
+            f"strategy.freeze_epochs={epochs} applies to strategy=finetune or extend_finetune; strategy=auto trains "
+            f"its pick with that strategy's preset; use strategy.freeze_epochs=0, or pick the strategy yourself"
+        )
+    if cfg.data.name in STREAMING:
+        raise TlcliError(
+            f"data={cfg.data.name}: strategy=auto subsamples indexed splits, not a stream; pick a strategy, or use "
+            f"data=csv or data=hf"
+        )
+
+
 def check_freeze_epochs(cfg: DictConfig) -> None:
     """strategy.freeze_epochs (LP-FT): >= 0, on the strategies that train a source backbone, and fewer than
     trainer.max_epochs, so the backbone does train (`.get`: a resumed run's config may predate the key)."""
@@ -107,8 +128,8 @@ def check_freeze_epochs(cfg: DictConfig) -> None:
     if not epochs:
         return
     name = cfg.strategy.name
-    strategy = get_strategy(name) if name != "auto" else None  # auto trains with its choice's preset
-    if strategy is None or not (strategy.train_backbone and strategy.use_source_weights):
+    strategy = get_strategy(name)
+    if not (strategy.train_backbone and strategy.use_source_weights):
         raise TlcliError(
             f"strategy.freeze_epochs={epochs} applies to strategy=finetune or extend_finetune (new layers first, "
             f"then the source backbone too), not strategy={name}; use one of those, or strategy.freeze_epochs=0"
@@ -150,8 +171,6 @@ def check_streaming(cfg: DictConfig) -> None:
     if cfg.data.name not in STREAMING:
         return
     why = refusals(cfg.data)
-    if why is None and cfg.strategy.name == "auto":
-        why = "strategy=auto subsamples indexed splits, not a stream; pick a strategy, or use data=csv or data=hf"
     if why:
         raise TlcliError(f"data={cfg.data.name}: {why}")
     devices, nodes = cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1)

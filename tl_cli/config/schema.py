@@ -36,6 +36,8 @@ class AutoConfig:
     min_val_per_class: int = 5  # race: fewer val images in the smallest class -> no race, the prior
     prior: str = "finetune"  # race: the choice for tiny val sets, and the first pick among val ties
     tie_se: float = 0.5  # race: within this many standard errors of the best val acc counts as a tie
+    # race: a frozen candidate's val acc over its first race epochs (race, as the trainable ones) or all (full)
+    frozen_at: str = "race"
     large_min_per_class: int = 100  # large data: the smallest class has at least this many train samples
     min_gain: float = 0.02  # probe accuracy of source minus random features below this: scratch
     similar_min_score: float = 0.8  # similar task: chance-corrected probe accuracy of source features >= this

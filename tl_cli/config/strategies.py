@@ -44,6 +44,16 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+AUTO = "auto"  # not a strategy: it picks one of STRATEGIES (tl_cli/run/auto.py dispatches it)
+
+
+def is_auto(cfg) -> bool:
+    """Whether a train config (or a run's saved one) asks for strategy=auto."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, "strategy.name") == AUTO
+
+
 def get_strategy(name: str) -> Strategy:
     if name not in STRATEGIES:
         raise choose_from("strategy", name, STRATEGIES)

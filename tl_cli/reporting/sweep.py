@@ -20,14 +20,13 @@ Import-light: no torch, no matplotlib.
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tl_cli.rundir import CONFIG, METRICS, OVERRIDES, RunDir
+from tl_cli.rundir import CONFIG, OVERRIDES, RunDir
 from tl_cli.transfer.strategies import STRATEGIES
 
 Stat = tuple[float | None, float, int]  # (mean, sample std (0 for one run), number of runs) over seeds
@@ -115,18 +114,6 @@ def _read_yaml(path: Path) -> Any:
         return None
 
 
-def _val_curve(path: Path) -> dict[int, float]:
-    """Last val/acc logged in each epoch of a Lightning metrics.csv."""
-    curve: dict[int, float] = {}
-    if not path.is_file():
-        return curve
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("val/acc") and row.get("epoch"):
-                curve[int(float(row["epoch"]))] = float(row["val/acc"])
-    return curve
-
-
 def _absolute_weights(summary: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
     """summary.json with a relative weights path made absolute, so jobs started from different directories with
     the same source file group together: relative to the job's working directory (Hydra's runtime.cwd), else to
@@ -152,7 +139,7 @@ def load_job(path: Path) -> SweepJob:
         summary=_absolute_weights(run.read_summary(), path),
         overrides=[str(o) for o in overrides] if isinstance(overrides, list) else [],
         config=config if isinstance(config, dict) else {},
-        val_curve=_val_curve(run / METRICS),
+        val_curve=run.val_curve(),
     )
 
 

@@ -1,22 +1,25 @@
 """`strategy=auto` with `strategy.auto.method=race` (the default): measure the strategies on val at a bounded cost,
-then train the winner in full, without training it twice.
+then train the pick in full, without training it twice. Cost: about 1 + 2 x race_fraction finetune runs.
 
 1. A val set whose smallest class has fewer than `min_val_per_class` images cannot tell the strategies apart:
-   no race, the prior (`strategy.auto.prior`, finetune: the best constant strategy in the studies).
-2. The frozen strategies (freeze, extend_freeze) train their full budget on cached features: seconds.
+   no race, the prior (`strategy.auto.prior`).
+2. The frozen strategies (freeze, extend_freeze) train their full budget on cached features of **un-augmented**
+   images, even when the run augments: a proxy that costs one forward pass over train and val (stage "proxy").
+   Each is scored by its best val acc over its first race epochs (`frozen_at=race`) or over all its epochs
+   (`frozen_at=full`).
 3. The trainable ones (finetune, extend_finetune; scratch with >= `scratch_min_per_class` train images in every
    class, at `scratch_lr_mult` x optim.lr) train `race_fraction` of trainer.max_epochs under the full budget's LR
-   schedule (StopAfterEpochs). The best by val acc continues, in the run dir itself, from the checkpoint where it
-   stopped: the schedule depends on the epoch alone, so this is the run it would have been uninterrupted. Its
-   best checkpoint so far comes along (`continue_checkpoint`), so the best epoch is chosen over all the epochs.
-4. The final pick: the continued run against the frozen ones, by val acc. Ties (within `tie_se` binomial standard
-   errors of the best val acc) go to the prior, then finetune, extend_finetune, freeze, extend_freeze, scratch: the
-   studies' best constant first; cost no longer separates them, it is already spent. If a frozen strategy wins, the
-   continued run moves to auto/<name>/continued/ and the frozen winner retrains in the run dir (seconds: its
-   features come from the cache).
+   schedule (StopAfterEpochs), and save where they stopped.
+4. One pick, at that point, over all the candidates by val acc. Ties (within `tie_se` binomial standard errors of
+   the best) go to the prior, then finetune, extend_finetune, freeze, extend_freeze, scratch.
+5. A trainable pick continues, in the run dir itself, from the checkpoint where it stopped: the schedule depends on
+   the epoch alone, so this is the run it would have been uninterrupted, and its best checkpoint so far comes along
+   (`continue_checkpoint`). A frozen pick trains in the run dir as strategy=<pick> would (with the run's
+   augmentation; from the cached features when there is none).
 
-Candidates run in <run dir>/auto/<strategy>/ (their metrics.csv and checkpoints); the choice goes to summary.json
-(`strategy_auto`), one log line, and auto/race.json, which a resumed run reads instead of racing again.
+Candidates run in <run dir>/auto/<strategy>/ (their metrics.csv and checkpoints); what ran and the pick go to the
+log, summary.json (`strategy_auto`) and auto/race.json, which a resumed run reads instead of racing again.
+The settings' provenance (chosen on val curves only): docs/strategies-and-auto.md.
 """
 
 from __future__ import annotations
@@ -55,46 +58,54 @@ ORDER = ("finetune", "extend_finetune", "freeze", "extend_freeze", "scratch")  #
 FROZEN = ("freeze", "extend_freeze")
 FOLDER = "auto"
 RECORD = "race.json"
-SETTINGS = ("race_fraction", "scratch_min_per_class", "scratch_lr_mult", "min_val_per_class", "tie_se")
-MOVED_ASIDE = ("checkpoints", "metrics.csv", "hparams.yaml")  # a continued run's own files in the run dir
+SETTINGS = ("race_fraction", "scratch_min_per_class", "scratch_lr_mult", "min_val_per_class", "tie_se", "frozen_at")
 
 
 @dataclass
 class Score:
-    """One candidate's val acc (best epoch so far) after `epochs` epochs."""
+    """One candidate: the val acc it is picked by, after `epochs` epochs (`steps` optimizer steps)."""
 
     val_acc: float
     epochs: int
+    steps: int
     seconds: float
-    stage: str  # full | race | continued
+    stage: str  # proxy (frozen, un-augmented cached features) | race (stopped early) | final (the pick, trained)
     checkpoint: str | None = None  # race: where it stopped, to continue from
+    full_val_acc: float | None = None  # proxy: the best val acc over all its epochs
 
 
 @dataclass
 class Race:
-    """What the race measured before the final run; saved as auto/race.json."""
+    """What the race measured and picked; saved as auto/race.json before the pick trains."""
 
     val_images: int
     val_min_per_class: int
     train_min_per_class: int
     race_epochs: int
     scores: dict[str, Score] = field(default_factory=dict)
-    leader: str | None = None  # the trainable candidate that continues to the full budget
-    chosen: str | None = None  # set when the choice needs no continued run
+    chosen: str | None = None
     why: str = ""
     seconds: float = 0.0
     config_sha: str | None = None  # the config it raced under
-    final: str | None = None  # a frozen winner over the continued leader, saved before it retrains: a resume
-    final_why: str = ""  # retrains it, not the leader
+
+    @property
+    def continues(self) -> bool:
+        """Whether the pick continues from its race checkpoint (a trainable candidate that raced)."""
+        score = self.scores.get(self.chosen or "")
+        return score is not None and score.stage == "race"
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> Race:
-        raw = json.loads(path.read_text())
-        raw["scores"] = {k: Score(**v) for k, v in raw["scores"].items()}
-        return cls(**raw)
+    def load(cls, path: Path) -> Race | None:
+        """The saved race; None for one saved by an older tlcli (another layout: race again)."""
+        try:
+            raw = json.loads(path.read_text())
+            raw["scores"] = {k: Score(**v) for k, v in raw["scores"].items()}
+            return cls(**raw)
+        except (TypeError, KeyError, ValueError):
+            return None
 
 
 def trainable_candidates(train_min_per_class: int, scratch_min_per_class: int) -> list[str]:
@@ -132,7 +143,7 @@ def pick(scores: dict[str, float], val_images: int, tie_se: float, prior: str) -
 
 
 def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str | None) -> Fitted:
-    """Race the candidates (or read a finished race back), fit the winner in the run dir, record the choice."""
+    """Race the candidates (or read a finished race back), fit the pick in the run dir, record the choice."""
     settings, started = settings_of(cfg), time.perf_counter()
     check_settings(settings)
     saved = run / FOLDER / RECORD
@@ -142,64 +153,34 @@ def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str
         race = _race(cfg, run)
         race.config_sha = config_sha
         race.save(saved)
-    if race.chosen is not None:  # no race: the prior
-        return _fit_final(cfg, run, race, race.chosen, race.why, config_sha, resume_from, started)
-    if race.final is None:
-        fitted, final = _continue_leader(cfg, run, race, config_sha, resume_from)
-        if race.final == race.leader:
-            return _record(fitted, race, race.final, race.final_why, final, time.perf_counter() - started)
-        _set_aside(run, race.leader)
-        race.save(saved)  # a frozen winner: a resumed run retrains it, not the leader
-        resume_from = None
-    return _fit_final(cfg, run, race, race.final, race.final_why, config_sha, resume_from, started)
-
-
-def _continue_leader(
-    cfg: DictConfig, run: RunDir, race: Race, config_sha: str, resume_from: str | None
-) -> tuple[Fitted, DictConfig]:
-    """The leader trains on to the full budget in the run dir; then the final pick, by val acc, between it and the
-    frozen candidates (race.final, race.final_why)."""
-    leader, settings = race.leader, settings_of(cfg)
-    start = resume_from or continue_checkpoint(run, leader, race.scores[leader].checkpoint)
-    final = _config_for(cfg, leader, run)
+    for line in race_lines(race):
+        log.info("strategy=auto %s", line)
+    start = resume_from
+    if start is None and race.continues:
+        start = continue_checkpoint(run, race.chosen, race.scores[race.chosen].checkpoint)
+    final = _config_for(cfg, race.chosen, run)
     fitted = fit_run(final, run, config_sha, start)
-    # its race slice and the continuation (this process: a resumed run counts from its resume)
-    seconds = round(race.scores[leader].seconds + fitted.result.train_seconds, 3)
-    val_acc = round(fitted.result.metrics["val/acc"], 6)
-    race.scores[leader] = Score(val_acc, fitted.trainer.current_epoch, seconds, "continued")
-    finals = {name: s.val_acc for name, s in race.scores.items() if name == leader or name in FROZEN}
-    race.final, race.final_why = pick(finals, race.val_images, settings.tie_se, settings.prior)
-    return fitted, final
-
-
-def _fit_final(
-    cfg: DictConfig, run: RunDir, race: Race, name: str, why: str, config_sha: str, resume: str | None, started: float
-) -> Fitted:
-    """Train the choice in the run dir from the start (or resume it), and record it."""
-    final = _config_for(cfg, name, run)
-    fitted = fit_run(final, run, config_sha, resume)
-    return _record(fitted, race, name, why, final, time.perf_counter() - started)
+    return _record(fitted, race, final, time.perf_counter() - started)
 
 
 def saved_race(path: Path, config_sha: str, resume_from: str | None) -> Race | None:
     """The finished race in the run dir when it belongs to this run: raced under this config, or the run being
-    resumed (`resume=` continues whatever the run dir holds). None: race (again), also when the leader's race
+    resumed (`resume=` continues whatever the run dir holds). None: race (again), also when the pick's race
     checkpoint is gone before it continued (a finished run's candidates were tidied away)."""
-    if not path.is_file():
+    race = Race.load(path) if path.is_file() else None
+    if race is None or race.chosen is None:
         return None
-    race = Race.load(path)
     if not resume_from and race.config_sha != config_sha:
         log.info("strategy=auto: %s was raced under another config; racing again", path)
         return None
-    waiting = race.chosen is None and race.final is None and not resume_from
-    if waiting and not Path(race.scores[race.leader].checkpoint or "").is_file():
-        log.info("strategy=auto: the race leader's checkpoint is gone; racing again")
+    if race.continues and not resume_from and not Path(race.scores[race.chosen].checkpoint or "").is_file():
+        log.info("strategy=auto: the pick's race checkpoint is gone; racing again")
         return None
     return race
 
 
 def _race(cfg: DictConfig, run: RunDir) -> Race:
-    """The frozen candidates in full, the trainable ones for race_fraction of the epochs; the leader."""
+    """The frozen candidates on their proxy, the trainable ones for race_fraction of the epochs; the pick."""
     settings, started = settings_of(cfg), time.perf_counter()
     first = build_job(_candidate_config(cfg, "freeze", run))
     race = _class_counts(first, cfg, settings.race_fraction)
@@ -215,17 +196,31 @@ def _race(cfg: DictConfig, run: RunDir) -> Race:
         race.chosen = settings.prior
         race.why = f"no race: trainer.max_epochs={cfg.trainer.max_epochs} leaves no epoch to stop at; the prior"
         return race
+    scored_at = race.race_epochs if settings.frozen_at == "race" else None
     for name in FROZEN:
         job = first if name == "freeze" else None
-        race.scores[name] = _fit_candidate(_candidate_config(cfg, name, run), run / FOLDER / name, None, job)
+        race.scores[name] = _fit_candidate(_candidate_config(cfg, name, run), run / FOLDER / name, None, job, scored_at)
     for name in trainable_candidates(race.train_min_per_class, settings.scratch_min_per_class):
         folder = run / FOLDER / name
         race.scores[name] = _fit_candidate(_candidate_config(cfg, name, run), folder, race.race_epochs)
-    racing = {n: s.val_acc for n, s in race.scores.items() if s.stage == "race"}
-    race.leader, race.why = pick(racing, race.val_images, settings.tie_se, settings.prior)
+    scores = {name: score.val_acc for name, score in race.scores.items()}
+    race.chosen, race.why = pick(scores, race.val_images, settings.tie_se, settings.prior)
     race.seconds = round(time.perf_counter() - started, 3)
-    log.info("strategy=auto race: %s continues (%s)", race.leader, race.why)
     return race
+
+
+def race_lines(race: Race) -> list[str]:
+    """What the race ran and picked, for the log: a line per candidate, then the pick and why."""
+    lines = []
+    for name, s in race.scores.items():
+        how = "cached un-augmented features" if s.stage == "proxy" else "the run's recipe, stopped early"
+        full = f", {s.full_val_acc:.3f} over all epochs" if s.full_val_acc is not None else ""
+        lines.append(
+            f"race: {name:<15} {s.stage:<5} ({how}): {s.epochs} ep, {s.steps} steps, {s.seconds:.1f} s, "
+            f"val acc {s.val_acc:.3f}{full}"
+        )
+    action = "continues from its race checkpoint" if race.continues else "trains in the run dir"
+    return [*lines, f"picks {race.chosen} ({action}): {race.why}"]
 
 
 def _class_counts(job: TransferJob, cfg: DictConfig, fraction: float) -> Race:
@@ -241,9 +236,13 @@ def _class_counts(job: TransferJob, cfg: DictConfig, fraction: float) -> Race:
 
 
 def _candidate_config(cfg: DictConfig, name: str, run: RunDir) -> DictConfig:
-    """strategy=<name> writing into auto/<name>/; frozen features cached under auto/ unless a cache dir is set."""
+    """strategy=<name> writing into auto/<name>/. A frozen one is its proxy: un-augmented, unmixed images, so its
+    features come from the cache (one forward pass) whatever the run's augmentation."""
     candidate = _config_for(cfg, name, run)
     candidate.paths.output_dir = str(run / FOLDER / name)
+    if name in FROZEN:
+        candidate.data.augment = False
+        candidate.data.mixup = candidate.data.cutmix = 0.0
     return candidate
 
 
@@ -251,17 +250,18 @@ def _config_for(cfg: DictConfig, name: str, run: RunDir) -> DictConfig:
     """The config that trains strategy=<name>; the race's frozen features shared through a disk cache."""
     chosen = with_preset(cfg, name, settings_of(cfg))
     if name == "scratch":  # every weight trains from random init: it wants a lower LR than the head of a transfer
-        # a race saved before scratch_lr_mult existed raced scratch at optim.lr: it continues there
-        mult = (cfg.strategy.get("auto") or {}).get("scratch_lr_mult", 1.0)
-        chosen.optim.lr = float(chosen.optim.lr) * float(mult)
+        chosen.optim.lr = float(chosen.optim.lr) * float(settings_of(cfg).scratch_lr_mult)
     if not chosen.data.feature_cache_dir:
         chosen.data.feature_cache_dir = str(run / FOLDER / "feature_cache")
     return chosen
 
 
-def _fit_candidate(cfg: DictConfig, folder: Path, stop_epoch: int | None, job: TransferJob | None = None) -> Score:
-    """Fit one candidate in its folder (CSV metrics, checkpoints), no test; a racing one stops after stop_epoch
-    epochs and saves where it stopped."""
+def _fit_candidate(
+    cfg: DictConfig, folder: Path, stop_epoch: int | None, job: TransferJob | None = None, scored_at: int | None = None
+) -> Score:
+    """Fit one candidate in its folder (CSV metrics, checkpoints), no test. A racing one stops after stop_epoch
+    epochs and saves where it stopped; a frozen one trains in full and is scored over its first `scored_at`
+    epochs (None: all)."""
     from lightning.pytorch.loggers import CSVLogger
 
     job = job or build_job(cfg)
@@ -275,13 +275,16 @@ def _fit_candidate(cfg: DictConfig, folder: Path, stop_epoch: int | None, job: T
         to_channels_last(job)
     attach_feature_cache(cfg, job, trainer, channels_last, splits=("train", "val"))  # candidates are not tested
     result = fit(trainer, job)
-    checkpoint = None
+    seconds, steps, epochs = round(result.train_seconds, 3), trainer.global_step, trainer.current_epoch
+    val_acc = round(result.metrics["val/acc"], 6)
     if stop_epoch:
         checkpoint = str(folder / "checkpoints" / "race.ckpt")
         trainer.save_checkpoint(checkpoint)
-    stage = "race" if stop_epoch else "full"
-    val_acc, seconds = round(result.metrics["val/acc"], 6), round(result.train_seconds, 3)
-    return Score(val_acc, trainer.current_epoch, seconds, stage, checkpoint)
+        return Score(val_acc, epochs, steps, seconds, "race", checkpoint)
+    curve = RunDir(folder).val_curve()
+    early = [acc for epoch, acc in curve.items() if scored_at is None or epoch < scored_at]
+    score = round(max(early), 6) if early else val_acc
+    return Score(score, epochs, steps, seconds, "proxy", full_val_acc=val_acc)
 
 
 def continue_checkpoint(run: RunDir, name: str, race_checkpoint: str) -> str:
@@ -324,15 +327,6 @@ def _rebase(callback: dict, old: str, new: str) -> None:
         callback["best_k_models"] = {_rebased(k, old, new): v for k, v in callback["best_k_models"].items()}
 
 
-def _set_aside(run: RunDir, name: str) -> None:
-    """Move a continued run's files out of the run dir, to auto/<name>/continued/, before the winner trains there."""
-    target = run / FOLDER / name / "continued"
-    target.mkdir(parents=True, exist_ok=True)
-    for item in MOVED_ASIDE:
-        if (run / item).exists():
-            shutil.move(str(run / item), str(target / item))
-
-
 def tidy(run: RunDir) -> None:
     """After the final run: drop the candidates' checkpoints and the race's own feature cache (their metrics.csv,
     race.json and the choice in summary.json stay)."""
@@ -342,19 +336,24 @@ def tidy(run: RunDir) -> None:
     shutil.rmtree(folder / "feature_cache", ignore_errors=True)
 
 
-def _record(fitted: Fitted, race: Race, chosen: str, why: str, final: DictConfig, seconds: float) -> Fitted:
-    """strategy_auto in summary.json (with the LR the chosen strategy trained at: summary.json's `lr` stays the
-    command's optim.lr, which a sweep groups by), and the one log line."""
-    settings = final.strategy.auto
+def _record(fitted: Fitted, race: Race, final: DictConfig, seconds: float) -> Fitted:
+    """strategy_auto in summary.json (with the LR the pick trained at: summary.json's `lr` stays the command's
+    optim.lr, which a sweep groups by), and the log line of how the pick ended."""
+    settings, chosen = final.strategy.auto, race.chosen
     block = OmegaConf.to_container(preset(chosen), resolve=True)  # eval/predict/export rebuild the network from it
     scores = {name: asdict(score) for name, score in race.scores.items()}
     for score in scores.values():
         score.pop("checkpoint", None)
+    trainer = fitted.trainer
+    result = {"val_acc": round(fitted.result.metrics["val/acc"], 6), "epochs": trainer.current_epoch,
+              "steps": trainer.global_step, "seconds": round(fitted.result.train_seconds, 3)}  # fmt: skip
     fitted.job.auto = {
         "method": "race",
         "chosen": chosen,
-        "why": why,
+        "why": race.why,
+        "continued": race.continues,
         "candidates": scores,
+        "final": result,
         "race_epochs": race.race_epochs,
         "val_images": race.val_images,
         "val_min_per_class": race.val_min_per_class,
@@ -365,6 +364,8 @@ def _record(fitted: Fitted, race: Race, chosen: str, why: str, final: DictConfig
         **{k: settings[k] for k in (*SETTINGS, "prior")},
         "preset": {k: v for k, v in block.items() if k != "auto"},
     }
-    listed = ", ".join(f"{n} {s['val_acc']:.3f} ({s['stage']}, {s['epochs']} ep)" for n, s in scores.items())
-    log.info("strategy=auto chose %s by race: %s [val acc: %s; race %.1f s]", chosen, why, listed, race.seconds)
+    log.info(
+        "strategy=auto chose %s by race: %s epochs, %s steps, val acc %.3f (race %.1f s, all %.1f s)",
+        chosen, result["epochs"], result["steps"], result["val_acc"], race.seconds, seconds,
+    )  # fmt: skip
     return fitted

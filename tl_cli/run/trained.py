@@ -282,7 +282,7 @@ def _as_config(value: Any) -> DictConfig | None:
 
 
 def _run_config(run_dir: Path | None) -> DictConfig | None:
-    from tl_cli.transfer.auto import trained_config
+    from tl_cli.run.auto import trained_config
 
     path = run_dir / CONFIG if run_dir else None
     return trained_config(OmegaConf.load(path), run_dir) if path and path.is_file() else None  # type: ignore

@@ -20,7 +20,6 @@ from tl_cli.config.checks import check_config, instantiate_group
 from tl_cli.data.datamodule import TransferDataModule, make_datamodule, resolve_data_config
 from tl_cli.data.features import cache_decision, cached_feature_splits
 from tl_cli.data.stream import STREAMING
-from tl_cli.errors import TlcliError
 from tl_cli.run.after_fit import see_run
 from tl_cli.run.checkpoint_io import DirectCheckpointIO
 from tl_cli.run.resume import mark_started
@@ -42,7 +41,7 @@ class TransferJob:
     net: TransferNet
     module: Any  # TransferModule
     datamodule: TransferDataModule
-    auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen (tl_cli/transfer/auto.py)
+    auto: dict[str, Any] | None = None  # strategy=auto: what was measured and chosen (set by tl_cli/run/auto.py)
 
 
 @dataclass
@@ -76,14 +75,6 @@ def backbone_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def build_job(cfg: DictConfig) -> TransferJob:
     """Strategy, backbone with source weights, data, network and LightningModule, from one config."""
     check_config(cfg)
-    auto = None
-    if cfg.strategy.name == "auto":  # measure and choose; then build exactly what strategy=<chosen> builds
-        from tl_cli.transfer.auto import check_settings, choose, settings_of
-
-        check_settings(settings_of(cfg))
-        if settings_of(cfg).method != "rule":  # the race trains candidates first: tlcli train runs it
-            raise TlcliError("strategy.auto.method=race runs in `tlcli train`; here use strategy.auto.method=rule")
-        cfg, auto = choose(cfg, backbone_kwargs(cfg))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     strategy = get_strategy(cfg.strategy.name)
     ext = cfg.strategy.extension
@@ -108,7 +99,7 @@ def build_job(cfg: DictConfig) -> TransferJob:
         config=OmegaConf.to_container(cfg, resolve=False),
         class_weights=_class_weights(cfg, datamodule),
     )
-    return TransferJob(strategy, source, net, module, datamodule, auto)
+    return TransferJob(strategy, source, net, module, datamodule)
 
 
 def _class_weights(cfg: DictConfig, datamodule: TransferDataModule) -> list[float] | None:

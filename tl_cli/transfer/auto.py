@@ -30,7 +30,6 @@ import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,6 +95,7 @@ def decide(
 
 
 METHODS = ("race", "rule")
+FROZEN_AT = ("race", "full")
 CHOICES = ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
 
 
@@ -105,6 +105,8 @@ def check_settings(settings: DictConfig) -> None:
 
     if settings.method not in METHODS:
         raise choose_from("strategy.auto.method", settings.method, METHODS)
+    if settings.frozen_at not in FROZEN_AT:
+        raise choose_from("strategy.auto.frozen_at", settings.frozen_at, FROZEN_AT)
     if settings.prior not in CHOICES:
         raise choose_from("strategy.auto.prior", settings.prior, CHOICES)
     for key in ("min_gain", "similar_min_score"):
@@ -307,19 +309,3 @@ def subsample(labels: np.ndarray, cap: int, num_classes: int, seed: int, split: 
     except ValueError:  # a class with a single sample cannot be stratified
         keep = np.random.default_rng(seed).choice(positions, size=cap, replace=False)
     return np.sort(keep)
-
-
-def trained_config(config: DictConfig, run_dir: Path | None) -> DictConfig:
-    """A run's saved config with the strategy that actually trained: for strategy=auto, its summary.json's."""
-    from tl_cli.rundir import RunDir
-
-    if run_dir is None or OmegaConf.select(config, "strategy.name") != "auto":
-        return config
-    try:
-        chosen = RunDir(run_dir).read_summary()["strategy_auto"]["preset"]
-    except (KeyError, TypeError):  # no summary (None), or one without strategy_auto
-        raise TlcliError(
-            f"{run_dir} is a strategy=auto run without a finished summary.json naming the strategy it chose; "
-            f"pass one of its checkpoints/*.ckpt instead"
-        ) from None
-    return OmegaConf.merge(config, {"strategy": chosen})

@@ -1,14 +1,15 @@
 """Run the jobs of study/auto_cells.py's cells: `tlcli train` subprocesses, one folder per (cell, seed, job).
 
     python -m study.auto_runs tuning outputs/auto_study [--jobs 2]     # val curves to tune the race on (test=false)
-    python -m study.auto_runs untouched outputs/auto_study             # the fixed strategies and auto, timed
-    python -m study.auto_runs issue outputs/auto_study
+    python -m study.auto_runs untouched outputs/auto_study             # the fixed strategies and auto
+    python -m study.auto_runs issue outputs/auto_study [--part timed|untimed]
 
 Tuning jobs: each fixed strategy as a user runs it, the frozen ones again without augmentation (the race's proxy:
 cached features of un-augmented images), and scratch at 1, 1/3 and 1/10 of the default LR; all with `test=false`.
 Evaluation jobs: the five fixed strategies and `strategy=auto`, with test; finetune and auto run back to back, one
-job at a time, and each job's process wall time goes to wall_seconds.txt (auto's cost ratio). A job whose
-summary.json exists is skipped, so a rerun resumes.
+job at a time, and each job's process wall time goes to wall_seconds.txt (auto's cost ratio). `--part untimed`
+runs only the other four (they need no timing, and do not depend on auto's settings); `--part timed` only finetune
+and auto. A job whose summary.json exists is skipped, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from study.auto_cells import FIXED, SEEDS, TUNING_SEEDS, cells
 from tl_cli.errors import TlcliError
 
-USAGE = "python -m study.auto_runs tuning|untouched|issue <output folder> [--jobs N]"
+USAGE = "python -m study.auto_runs tuning|untouched|issue <output folder> [--jobs N] [--part timed|untimed]"
+TIMED = ("finetune", "auto")
 WALL = "wall_seconds.txt"
 SCRATCH_LR_MULTS = (1.0, 0.333, 0.1)
 
@@ -76,10 +78,10 @@ def run_job(folder: Path, overrides: tuple[str, ...], seed: int, threads: int | 
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (2, 4) or (len(argv) == 4 and argv[2] != "--jobs"):
+    options = dict(zip(argv[2::2], argv[3::2], strict=False))
+    if len(argv) < 2 or len(argv) % 2 or not set(options) <= {"--jobs", "--part"}:
         raise TlcliError(f"usage: {USAGE}")
-    group, out = argv[0], Path(argv[1])
-    parallel = int(argv[3]) if len(argv) == 4 else 1
+    group, out, parallel, part = argv[0], Path(argv[1]), int(options.get("--jobs", 1)), options.get("--part")
     try:
         chosen = cells(group)
     except KeyError as e:
@@ -87,9 +89,11 @@ def main(argv: list[str]) -> int:
     todo = []
     for name, cell in chosen.items():
         jobs = tuning_jobs(cell) if group == "tuning" else eval_jobs(cell)
+        if part is not None:
+            jobs = {job: args for job, args in jobs.items() if (job in TIMED) == (part == "timed")}
         for seed in TUNING_SEEDS if group == "tuning" else SEEDS:
             todo += [(out / group / name / f"seed{seed}" / job, args, seed) for job, args in jobs.items()]
-    threads = 1 if parallel > 1 else None  # one torch thread per parallel job
+    threads = 1 if parallel > 1 or part == "untimed" else None  # one torch thread per parallel job
     with ThreadPoolExecutor(parallel) as pool:
         list(pool.map(lambda job: run_job(*job, threads), todo))
     return 0

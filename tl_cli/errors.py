@@ -90,7 +90,10 @@ def describe(ex: BaseException) -> tuple[str, int]:
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         found = re.search(r"override '([^']+)'", str(ex)) or re.search(r"full_key: (\S+)", str(cause))
         key = found.group(1) if found else "?"
-        hint = did_you_mean(key, _known_keys_like(key))
+        known = _known_keys_like(key)
+        if key in known:  # a real Trainer argument the trainer config does not list: it needs '+'
+            return f"'{key}' is not in the config yet; add it with '+{key}=<value>'", EXIT_USAGE
+        hint = did_you_mean(key, known)
         if key.startswith("trainer."):  # any lightning.Trainer argument, added with '+'
             advice = "trainer.* keys are lightning.Trainer's arguments: add another with '+trainer.<argument>=<value>'"
         else:

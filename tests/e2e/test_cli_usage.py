@@ -88,6 +88,7 @@ assert _import_command("train") is module
         (["data=image_folder", "data.root=/nonexistent/pets"], ["/nonexistent/pets", "does not exist"]),
         (["+trainer.max_epoch=3"], ["unknown trainer key 'max_epoch'", "max_epochs"]),
         (["trainer.max_epoch=3"], ["unknown config key 'trainer.max_epoch'", "did you mean 'trainer.max_epochs'"]),
+        (["trainer.enable_progress_bar=false"], ["'+trainer.enable_progress_bar=<value>'"]),  # a Trainer argument
         (["optim.name=adamww"], ["unknown optim.name 'adamww'", "did you mean 'adamw'"]),
         (["trainer.precision=bf17"], ["unknown trainer.precision 'bf17'", "bf16-mixed", "32-true", "auto"]),
         (["data=synthetic", "data.root=/nonexistent/x"], ["/nonexistent/x", "does not exist"]),

@@ -1,8 +1,10 @@
 """Choose `strategy=auto`'s race settings by replaying the race on the tuning cells' **val** curves, no training.
 
-    python -m study.race_replay outputs/auto_study/tuning [--write docs/study/auto_v3/replay.md]
+    python -m study.race_replay outputs/auto_study/tuning --export docs/study/auto_v3/tuning.csv   # run dirs -> CSV
+    python -m study.race_replay docs/study/auto_v3/tuning.csv [--write docs/study/auto_v3/replay.md]
 
-Reads the jobs of `python -m study.auto_runs tuning` (run with test=false: there is no test accuracy to read).
+Reads the jobs of `python -m study.auto_runs tuning` (run with test=false: there is no test accuracy to read),
+from their run dirs or from the committed CSV of their val curves (one row per job and epoch).
 For each (cell, seed) and each variant of the settings, the race of tl_cli/run/race.py is simulated:
 - a frozen candidate scores its proxy run's val curve (un-augmented, the race's cached features), over its first
   race epochs (`frozen_at=race`) or all of them (`full`);
@@ -18,6 +20,7 @@ modelled cost is <= MAX_COST; ties (within 0.05 points) go to the cheaper varian
 
 from __future__ import annotations
 
+import csv
 import itertools
 import math
 import statistics
@@ -29,7 +32,9 @@ from tl_cli.errors import TlcliError
 from tl_cli.run.race import FROZEN, pick, race_epochs, trainable_candidates
 from tl_cli.rundir import RunDir
 
-USAGE = "python -m study.race_replay <tuning folder> [--write <markdown file>]"
+USAGE = "python -m study.race_replay <tuning folder> --export <csv> | <tuning folder or csv> [--write <markdown file>]"
+COLUMNS = ("cell", "seed", "job", "epoch", "val_acc", "best_val_acc", "train_seconds", "epochs", "val_images",
+           "train_min_per_class")  # fmt: skip
 MAX_COST = 1.35  # modelled train seconds; the processes' start-up, the test and calibration come on top
 GRID = {
     "race_fraction": (0.1, 0.2, 0.3),
@@ -90,6 +95,37 @@ def load(folder: Path) -> list[Seed]:
         needed = {*FIXED, "freeze_proxy", "extend_freeze_proxy"} - {"scratch"}
         if needed <= jobs.keys() and any(n.startswith("scratch_x") for n in jobs):
             seeds.append(Seed(seed_dir.parent.name, int(seed_dir.name[4:]), jobs, val, smallest))
+    return seeds
+
+
+def export(seeds: list[Seed], path: Path) -> None:
+    """The seeds' jobs as one CSV row per (job, epoch): everything the replay reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for s in seeds:
+            for name, job in sorted(s.jobs.items()):
+                for epoch, acc in sorted(job.curve.items()):
+                    writer.writerow([s.cell, s.seed, name, epoch, acc, job.val_acc, job.seconds, job.epochs,
+                                     s.val_images, s.train_min_per_class])  # fmt: skip
+
+
+def load_csv(path: Path) -> list[Seed]:
+    """The seeds an `export` wrote."""
+    rows: dict[tuple[str, int], list[dict]] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows.setdefault((row["cell"], int(row["seed"])), []).append(row)
+    seeds = []
+    for (cell, seed), group in rows.items():
+        jobs: dict[str, Job] = {}
+        for row in group:
+            job = jobs.setdefault(row["job"], Job({}, float(row["best_val_acc"]), float(row["train_seconds"]),
+                                                  int(row["epochs"])))  # fmt: skip
+            job.curve[int(row["epoch"])] = float(row["val_acc"])
+        first = group[0]
+        seeds.append(Seed(cell, seed, jobs, int(first["val_images"]), int(first["train_min_per_class"])))
     return seeds
 
 
@@ -180,11 +216,16 @@ def _label(v: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--write"):
+    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] not in ("--write", "--export")):
         raise TlcliError(f"usage: {USAGE}")
-    seeds = load(Path(argv[0]))
+    source = Path(argv[0])
+    seeds = load_csv(source) if source.is_file() else load(source)
     if not seeds:
         raise TlcliError(f"no finished tuning cells under {argv[0]}; run python -m study.auto_runs tuning first")
+    if argv[1:2] == ["--export"]:
+        export(seeds, Path(argv[2]))
+        print(f"{len(seeds)} (cell, seed)s -> {argv[2]}")
+        return 0
     text = report(seeds)
     print(text, end="")
     if len(argv) == 3:

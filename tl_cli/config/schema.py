@@ -29,10 +29,11 @@ class AutoConfig:
     reasons: README."""
 
     method: str = "race"  # race: measure the strategies on val | rule: the classic table on a linear probe
-    # race: trainable candidates first train this share of trainer.max_epochs; the best by val continues
-    race_fraction: float = 0.3
+    # race: trainable candidates first train this share of trainer.max_epochs (race v3: chosen on val curves only,
+    # docs/study/auto_v3/replay.md, as are frozen_at, tie_se, prior and scratch_lr_mult)
+    race_fraction: float = 0.1
     scratch_min_per_class: int = 1  # race: scratch races only when the smallest train class has this many
-    scratch_lr_mult: float = 0.333  # race: scratch trains at optim.lr x this (the studies chose 1/3 of finetune's)
+    scratch_lr_mult: float = 1.0  # race: scratch trains at optim.lr x this
     min_val_per_class: int = 5  # race: fewer val images in the smallest class -> no race, the prior
     prior: str = "finetune"  # race: the choice for tiny val sets, and the first pick among val ties
     tie_se: float = 0.5  # race: within this many standard errors of the best val acc counts as a tie

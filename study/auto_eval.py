@@ -2,6 +2,7 @@
 
     python -m study.auto_eval collect outputs/auto_study docs/study/auto_v3/runs.csv   # run dirs -> one CSV
     python -m study.auto_eval table docs/study/auto_v3/runs.csv [--write docs/study/auto_v3/untouched.md]
+    python -m study.auto_eval doc docs/study/auto_v3/runs.csv docs/strategies-and-auto.md   # its generated block
 
 runs.csv holds one row per evaluation job (python -m study.auto_runs untouched|issue): its cell, seed, job, test
 and val acc, process wall seconds and, for auto, its pick. The table is computed from runs.csv alone, with the
@@ -25,8 +26,9 @@ from tl_cli.rundir import RunDir
 
 USAGE = (
     "python -m study.auto_eval collect <auto_runs output folder> <runs.csv> | "
-    "table <runs.csv> [--write <markdown file>]"
+    "table <runs.csv> [--write <markdown file>] | doc <runs.csv> <page.md>"
 )
+BEGIN, END = "<!-- auto_eval: untouched -->", "<!-- auto_eval: end untouched -->"
 COLUMNS = ("group", "cell", "seed", "job", "test_acc", "val_acc", "wall_seconds", "train_seconds", "pick")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95 %, by degrees of freedom
 
@@ -172,6 +174,18 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def doc_block(page: str) -> str:
+    """The text between the page's generated-block markers."""
+    if BEGIN not in page or END not in page.split(BEGIN, 1)[1]:
+        raise TlcliError(f"the page has no {BEGIN} ... {END} block; add the two lines where the table goes")
+    return page.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def with_doc_block(page: str, text: str) -> str:
+    head, rest = page.split(BEGIN, 1)
+    return f"{head}{BEGIN}\n{text.rstrip()}\n{END}{rest.split(END, 1)[1]}"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "collect":
         print(f"{collect(Path(argv[1]), Path(argv[2]))} rows -> {argv[2]}")
@@ -181,6 +195,11 @@ def main(argv: list[str]) -> int:
         print(text, end="")
         if len(argv) == 4:
             Path(argv[3]).write_text(text)
+        return 0
+    if len(argv) == 3 and argv[0] == "doc":
+        page = Path(argv[2])
+        doc_block(page.read_text())  # a page without the markers: one line, nothing written
+        page.write_text(with_doc_block(page.read_text(), report(read(Path(argv[1])))))
         return 0
     raise TlcliError(f"usage: {USAGE}")
 

@@ -100,7 +100,7 @@ def test_a_race_saved_by_the_previous_race_layout_races_again(tmp_path) -> None:
 
 
 def test_a_saved_race_is_reused_only_by_its_own_config_or_a_resume(tmp_path) -> None:
-    """A rerun into the same run dir under other settings races again instead of continuing the old leader."""
+    """A rerun into the same run dir under other settings races again instead of continuing the old pick."""
     from tl_cli.run.race import saved_race
 
     path, leader_ckpt = tmp_path / "race.json", tmp_path / "race.ckpt"
@@ -118,7 +118,7 @@ def test_a_saved_race_is_reused_only_by_its_own_config_or_a_resume(tmp_path) -> 
     assert saved_race(path, "abc", None) is None
 
 
-def test_the_continued_leader_takes_its_checkpoint_callbacks_state_along(tmp_path) -> None:
+def test_the_continued_pick_takes_its_checkpoint_callbacks_state_along(tmp_path) -> None:
     """The race checkpoint's ModelCheckpoint paths move from auto/<name>/ to the run dir, its best checkpoint is
     copied there, so Lightning restores the best score instead of dropping it; a callback saving elsewhere stays."""
     import os

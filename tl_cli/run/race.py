@@ -288,7 +288,7 @@ def _fit_candidate(
 
 
 def continue_checkpoint(run: RunDir, name: str, race_checkpoint: str) -> str:
-    """The leader's race checkpoint made the run dir's own: the checkpoint callbacks' saved paths moved from
+    """The pick's race checkpoint made the run dir's own: the checkpoint callbacks' saved paths moved from
     auto/<name>/ to the run dir, and their best checkpoints copied there. Lightning keeps a callback's best score
     only when its folder is unchanged; otherwise the continued run would choose its best epoch among the continued
     epochs alone."""

@@ -148,3 +148,17 @@ def test_the_continued_pick_takes_its_checkpoint_callbacks_state_along(tmp_path)
     assert (run / "checkpoints" / "best.ckpt").read_bytes() == b"best weights"
     assert state["ModelCheckpoint{'monitor': None}"] == elsewhere
     assert Path(continued).parent == folder  # under auto/: removed with the candidates' files
+
+
+def test_the_log_says_what_ran_for_how_long_and_why_the_pick_won() -> None:
+    from tl_cli.run.race import race_lines
+
+    scores = {
+        "freeze": Score(0.81, 10, 300, 1.2, "proxy", full_val_acc=0.83),
+        "finetune": Score(0.78, 1, 30, 2.1, "race", "x.ckpt"),
+    }
+    lines = race_lines(Race(600, 60, 10, 1, scores, chosen="freeze", why="best val acc (freeze 0.810)"))
+    assert len(lines) == 3
+    assert "freeze" in lines[0] and "cached un-augmented features" in lines[0] and "300 steps" in lines[0]
+    assert "0.830 over all epochs" in lines[0] and "1 ep, 30 steps" in lines[1]
+    assert lines[2] == "picks freeze (trains in the run dir): best val acc (freeze 0.810)"

@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.auto_cells import FIXED, ISSUE, UNTOUCHED, WITHIN_POINTS
+from study.auto_cells import FIXED, ISSUE, UNTOUCHED, UNTOUCHED_V31, WITHIN_POINTS
 from study.auto_runs import WALL
 from tl_cli.errors import TlcliError
 from tl_cli.rundir import RunDir
@@ -28,6 +28,11 @@ USAGE = (
     "python -m study.auto_eval collect <auto_runs output folder> <runs.csv> | "
     "table <runs.csv> [--write <markdown file>] | doc <runs.csv> <page.md>"
 )
+GROUPS = {  # group -> its section title
+    "untouched": "Untouched cells (nothing was tuned on them)",
+    "untouched_v31": "New untouched cells, fixed before race v3.1 ran",
+    "issue": "The cells issue 32 measured race v2 on",
+}
 BEGIN, END = "<!-- auto_eval: untouched -->", "<!-- auto_eval: end untouched -->"
 COLUMNS = ("group", "cell", "seed", "job", "test_acc", "val_acc", "wall_seconds", "train_seconds", "pick")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-sided 95 %, by degrees of freedom
@@ -36,7 +41,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student t, two-si
 def collect(folder: Path, out: Path) -> int:
     """One row per finished evaluation job under folder/{untouched,issue}/<cell>/seed<k>/<job>/."""
     rows = []
-    for group in ("untouched", "issue"):
+    for group in GROUPS:
         for job in sorted((folder / group).glob("*/seed*/*")):
             summary = RunDir(job).read_summary()
             if summary is None or not (job / WALL).is_file():
@@ -101,7 +106,7 @@ def cell_results(rows: list[dict]) -> list[CellResult]:
     for row in rows:
         jobs.setdefault((row["group"], row["cell"]), {}).setdefault(int(row["seed"]), {})[row["job"]] = row
     results = []
-    order = [*UNTOUCHED, *ISSUE]
+    order = [*UNTOUCHED, *UNTOUCHED_V31, *ISSUE]
     for (group, cell), by_seed in sorted(jobs.items(), key=lambda kv: order.index(kv[0][1])):
         seeds = sorted(s for s, js in by_seed.items() if {*FIXED, "auto"} <= js.keys())
         if not seeds:
@@ -154,14 +159,17 @@ def scorecard(results: list[CellResult]) -> list[str]:
 
 
 def report(rows: list[dict]) -> str:
+    """A table per group of cells, a scorecard per group and over all untouched cells, the cost over every pair."""
     results = cell_results(rows)
-    untouched = [r for r in results if r.group == "untouched"]
-    issue = [r for r in results if r.group == "issue"]
+    lines = []
+    for group, title in GROUPS.items():
+        members = [r for r in results if r.group == group]
+        if members:
+            lines += [f"### {title}", "", *table(results, group), "", *scorecard(members), ""]
+    untouched = [r for r in results if r.group.startswith("untouched")]
+    if len({r.group for r in untouched}) > 1:
+        lines += [f"### All {len(untouched)} untouched cells", "", *scorecard(untouched), ""]
     ratios = [x for r in results for x in r.ratios]
-    lines = ["### Untouched cells (nothing was tuned on them)", "", *table(results, "untouched"), ""]
-    lines += [*scorecard(untouched), ""] if untouched else []
-    if issue:
-        lines += ["### The cells issue 32 measured race v2 on", "", *table(results, "issue"), "", *scorecard(issue), ""]
     if ratios:
         lines.append(
             f"Cost over all {len(ratios)} paired runs: auto / finetune wall time mean {statistics.fmean(ratios):.2f}x, "

@@ -24,7 +24,10 @@ from pathlib import Path
 from study.auto_cells import FIXED, SEEDS, TUNING_SEEDS, cells
 from tl_cli.errors import TlcliError
 
-USAGE = "python -m study.auto_runs tuning|untouched|issue <output folder> [--jobs N] [--part timed|untimed]"
+USAGE = (
+    "python -m study.auto_runs tuning|untouched|issue <output folder> [--jobs N] [--part timed|untimed] "
+    "[--cells a,b,...]"
+)
 TIMED = ("finetune", "auto")
 WALL = "wall_seconds.txt"
 SCRATCH_LR_MULTS = (1.0, 0.333, 0.1)
@@ -79,13 +82,15 @@ def run_job(folder: Path, overrides: tuple[str, ...], seed: int, threads: int | 
 
 def main(argv: list[str]) -> int:
     options = dict(zip(argv[2::2], argv[3::2], strict=False))
-    if len(argv) < 2 or len(argv) % 2 or not set(options) <= {"--jobs", "--part"}:
+    if len(argv) < 2 or len(argv) % 2 or not set(options) <= {"--jobs", "--part", "--cells"}:
         raise TlcliError(f"usage: {USAGE}")
     group, out, parallel, part = argv[0], Path(argv[1]), int(options.get("--jobs", 1)), options.get("--part")
     try:
         chosen = cells(group)
     except KeyError as e:
         raise TlcliError(str(e.args[0])) from None
+    if "--cells" in options:  # these cells only, in this order
+        chosen = {name: chosen[name] for name in options["--cells"].split(",")}
     todo = []
     for name, cell in chosen.items():
         jobs = tuning_jobs(cell) if group == "tuning" else eval_jobs(cell)

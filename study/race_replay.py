@@ -32,16 +32,21 @@ from tl_cli.errors import TlcliError
 from tl_cli.run.race import FROZEN, pick, race_epochs, trainable_candidates
 from tl_cli.rundir import RunDir
 
-USAGE = "python -m study.race_replay <tuning folder> --export <csv> | <tuning folder or csv> [--write <markdown file>]"
+USAGE = (
+    "python -m study.race_replay <tuning folder, evaluation cell or csv> ... [--export <csv> | --write <markdown file>]"
+)
 COLUMNS = ("cell", "seed", "job", "epoch", "val_acc", "best_val_acc", "train_seconds", "epochs", "val_images",
            "train_min_per_class")  # fmt: skip
 MAX_COST = 1.35  # modelled train seconds; the processes' start-up, the test and calibration come on top
 GRID = {
     "race_fraction": (0.1, 0.2, 0.3),
+    "confirm_fraction": (0.0, 0.2, 0.3, 0.4),
     "frozen_at": ("race", "full"),
     "tie_se": (0.0, 0.5, 1.0, 2.0),
     "prior": ("finetune", "extend_finetune"),
-    "scratch_lr_mult": (1.0, 0.333, 0.1),
+    # race v3 chose 1 among 1, 0.333 and 0.1 (docs/study/auto_v3/replay.md); race v3.1's added tuning cell,
+    # taken from evaluation runs, has scratch at the default LR only
+    "scratch_lr_mult": (1.0,),
 }
 EPSILON = 0.05  # points: variants closer than this in regret count as equal
 
@@ -98,6 +103,39 @@ def load(folder: Path) -> list[Seed]:
     return seeds
 
 
+EVAL_JOBS = {"scratch": "scratch_x1"}  # an evaluation cell's job names -> the tuning jobs' (scratch at the default LR)
+
+
+def load_eval_cell(cell: Path) -> list[Seed]:
+    """An evaluation cell (study/auto_runs.py untouched|issue) read as tuning seeds: its fixed runs, and the
+    frozen proxies from its auto run's candidates (auto/auto/<name>/, their seconds from strategy_auto). Only val
+    is read; such a cell is no longer untouched for settings chosen on it. Its finetune ran timed (alone, all
+    cores), the other fixed strategies untimed (two at a time, one thread each): their seconds are scaled by
+    finetune's over extend_finetune's, two networks of about the same cost."""
+    seeds = []
+    for seed_dir in sorted(cell.glob("seed*")):
+        runs = {p.name: RunDir(p) for p in seed_dir.iterdir() if p.is_dir()}
+        summaries = {name: run.read_summary() for name, run in runs.items()}
+        if any(summaries.get(name) is None for name in (*FIXED, "auto")):
+            continue
+        jobs = {}
+        scale = summaries["finetune"]["train_seconds"] / summaries["extend_finetune"]["train_seconds"]
+        for name in FIXED:
+            s = summaries[name]
+            seconds = s["train_seconds"] * (1.0 if name == "finetune" else scale)
+            jobs[EVAL_JOBS.get(name, name)] = Job(runs[name].val_curve(), s["metrics"]["val/acc"], seconds,
+                                                  s["epochs"])  # fmt: skip
+        candidates = summaries["auto"]["strategy_auto"]["candidates"]
+        for name in FROZEN:
+            curve = RunDir(runs["auto"] / "auto" / name).val_curve()
+            c = candidates[name]
+            jobs[f"{name}_proxy"] = Job(curve, c["full_val_acc"], c["seconds"], c["epochs"])
+        s = summaries["finetune"]
+        smallest = s.get("samples_per_class") or s["split_sizes"]["train"] // s["num_classes"]
+        seeds.append(Seed(cell.name, int(seed_dir.name[4:]), jobs, s["split_sizes"]["val"], smallest))
+    return seeds
+
+
 def export(seeds: list[Seed], path: Path) -> None:
     """The seeds' jobs as one CSV row per (job, epoch): everything the replay reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,18 +174,32 @@ def replay(seed: Seed, v: dict) -> tuple[str, float, float]:
     scores, cost = {}, 0.0
     for name in FROZEN:
         proxy = seed.jobs[f"{name}_proxy"]
-        scored = [a for e, a in proxy.curve.items() if v["frozen_at"] == "full" or e < first]
-        scores[name] = max(scored)
+        scores[name] = _best(proxy.curve, None if v["frozen_at"] == "full" else first)
         cost += proxy.seconds
+    trainable = {}
     for name in trainable_candidates(seed.train_min_per_class, 1):
         job = seed.jobs[_job_name(name, v["scratch_lr_mult"])]
-        scores[name] = max(a for e, a in job.curve.items() if e < first)
+        trainable[name] = _best(job.curve, first)
         cost += job.seconds * first / job.epochs
-    chosen, _ = pick(scores, seed.val_images, v["tie_se"], v["prior"])
+    chosen, _ = pick({**scores, **trainable}, seed.val_images, v["tie_se"], v["prior"])
+    done = first  # epochs the pick has trained if it is trainable
+    second = race_epochs(v["confirm_fraction"], epochs) if v["confirm_fraction"] else 0
+    if chosen in FROZEN and second > first:  # race.py's _second_look
+        challenger, _ = pick(trainable, seed.val_images, v["tie_se"], v["prior"])
+        job = seed.jobs[_job_name(challenger, v["scratch_lr_mult"])]
+        cost += job.seconds * (second - first) / job.epochs
+        again = {n: _best(seed.jobs[f"{n}_proxy"].curve, None if v["frozen_at"] == "full" else second) for n in FROZEN}
+        chosen, _ = pick({**again, challenger: _best(job.curve, second)}, seed.val_images, v["tie_se"], v["prior"])
+        done = second
     picked = seed.jobs[_job_name(chosen, v["scratch_lr_mult"])]
-    cost += picked.seconds * ((1 - first / picked.epochs) if chosen not in FROZEN else 1.0)
+    cost += picked.seconds * ((1 - done / picked.epochs) if chosen not in FROZEN else 1.0)
     regret = 100 * (seed.best_fixed() - seed.truth(chosen, v["scratch_lr_mult"]))
     return chosen, regret, cost / seed.jobs["finetune"].seconds
+
+
+def _best(curve: dict[int, float], epochs: int | None) -> float:
+    """Best val acc over the first `epochs` epochs (None: all)."""
+    return max(a for e, a in curve.items() if epochs is None or e < epochs)
 
 
 def variants() -> list[dict]:
@@ -193,13 +245,20 @@ def report(seeds: list[Seed]) -> str:
         f"Replay on {len(seeds)} (cell, seed)s of the tuning cells, val only; {len(scored)} variants.",
         f"Rule: lowest mean val regret with mean modelled cost <= {MAX_COST}; within {EPSILON} points, the cheaper.",
         "",
+        "The 15 best affordable variants:",
+        "",
         "| variant | mean val regret (points) | modelled cost (finetune runs) | picks within 1 val se |",
         "|---|---:|---:|---:|",
     ]
-    ranked = sorted(scored, key=lambda vs: (vs[1][0], vs[1][1]))
+    ranked = sorted(scored, key=lambda vs: (vs[1][1] > MAX_COST, vs[1][0], vs[1][1]))  # the affordable first
     for v, (regret, cost, hits) in ranked[:15]:
         mark = " **(chosen)**" if v == chosen else ""
         lines.append(f"| {_label(v)}{mark} | {regret:.2f} | {cost:.2f} | {hits}/{len(seeds)} |")
+    over = min((vs for vs in scored if vs[1][1] > MAX_COST), key=lambda vs: vs[1][0], default=None)
+    if over is not None:
+        v, (regret, cost, hits) = over
+        lines += ["", f"Best over the cost bound: {_label(v)}: {regret:.2f} points at {cost:.2f} runs, "
+                  f"{hits}/{len(seeds)} within 1 val se."]  # fmt: skip
     lines += ["", "Chosen: " + _label(chosen), "", "Per (cell, seed) under the chosen settings:", ""]
     lines += ["| cell | seed | pick | val regret (points) | modelled cost |", "|---|---:|---|---:|---:|"]
     for s in seeds:
@@ -215,22 +274,30 @@ def _label(v: dict) -> str:
     return ", ".join(f"{k}={val}" for k, val in v.items())
 
 
+def _load_any(source: Path) -> list[Seed]:
+    """A CSV from `export`, a tuning folder (<cell>/seed<k>/<job>), or an evaluation cell (seed<k>/<job>)."""
+    if source.is_file():
+        return load_csv(source)
+    return load_eval_cell(source) if any(source.glob("seed*/auto")) else load(source)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] not in ("--write", "--export")):
+    option, target = (argv[-2], Path(argv[-1])) if argv[-2:-1] in (["--write"], ["--export"]) else (None, None)
+    sources = [Path(a) for a in (argv[:-2] if option else argv)]
+    if not sources or any(str(a).startswith("--") for a in sources):
         raise TlcliError(f"usage: {USAGE}")
-    source = Path(argv[0])
-    seeds = load_csv(source) if source.is_file() else load(source)
+    seeds = [seed for source in sources for seed in _load_any(source)]
     if not seeds:
         raise TlcliError(f"no finished tuning cells under {argv[0]}; run python -m study.auto_runs tuning first")
-    if argv[1:2] == ["--export"]:
-        export(seeds, Path(argv[2]))
-        print(f"{len(seeds)} (cell, seed)s -> {argv[2]}")
+    if option == "--export":
+        export(seeds, target)
+        print(f"{len(seeds)} (cell, seed)s -> {target}")
         return 0
     text = report(seeds)
     print(text, end="")
-    if len(argv) == 3:
-        Path(argv[2]).parent.mkdir(parents=True, exist_ok=True)
-        Path(argv[2]).write_text(text)
+    if option == "--write":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
     return 0
 
 

@@ -58,6 +58,7 @@ def test_a_random_source_gives_scratch(tlcli) -> None:
         ("strategy.auto.prior=best", ["strategy.auto.prior", "'best'", "extend_finetune"]),
         ("strategy.auto.scratch_lr_mult=0", ["strategy.auto.scratch_lr_mult=0", "> 0"]),
         ("strategy.auto.frozen_at=end", ["strategy.auto.frozen_at", "'end'", "full, race"]),
+        ("strategy.auto.confirm_fraction=1", ["strategy.auto.confirm_fraction=1", "[0, 1)"]),
     ],
 )
 def test_bad_auto_setting_is_one_line(tlcli, override: str, fragments: list[str]) -> None:

@@ -81,12 +81,18 @@ def test_the_continued_winner_chooses_its_best_epoch_over_the_race_epochs_too(tl
 @pytest.mark.slow  # a race: every candidate trains, then the pick
 def test_a_frozen_pick_trains_in_the_run_dir_after_an_augmentation_free_proxy(tlcli) -> None:
     """The frozen candidates race on cached features of un-augmented images even when the run augments; a frozen
-    pick then trains in the run dir with the run's augmentation, and no trainable candidate continues."""
-    result = tlcli("train", *ALL_TIED, "strategy.auto.prior=extend_freeze", "data.augment=true", *RACE)
+    lead gets a second look; a frozen pick then trains in the run dir with the run's augmentation, and no trainable
+    candidate continues."""
+    second_look = "strategy.auto.confirm_fraction=0.5"  # the frozen lead is checked again at 2 of 4 epochs
+    result = tlcli("train", *ALL_TIED, "strategy.auto.prior=extend_freeze", second_look, "data.augment=true", *RACE)
     run_dir = run_dir_of(result)
     summary = summary_of(run_dir)
     auto = summary["strategy_auto"]
     assert auto["chosen"] == "extend_freeze" and auto["continued"] is False
+    # the best trainable candidate by the tie order (finetune) trained on from its race epoch to the second look
+    assert auto["candidates"]["finetune"]["stage"] == "second look" and auto["candidates"]["finetune"]["epochs"] == 2
+    assert auto["candidates"]["extend_finetune"]["epochs"] == auto["race_epochs"] == 1
+    assert auto["why"].startswith("second look at 2 epochs (extend_freeze led at 1)")
     assert auto["candidates"]["extend_freeze"]["stage"] == "proxy" and auto["final"]["epochs"] == 4
     from tl_cli.run.training import build_job
 

@@ -41,6 +41,8 @@ def test_the_race_record_reads_back(tmp_path) -> None:
     assert Race.load(tmp_path / "race.json") == race and race.continues
     frozen = Race(600, 60, 10, 3, {"freeze": Score(0.7, 10, 300, 1.0, "proxy", full_val_acc=0.8)}, chosen="freeze")
     assert not frozen.continues  # a frozen pick trains in the run dir from the start
+    looked = Race(600, 60, 10, 1, {"finetune": Score(0.9, 3, 90, 5.0, "second look", "x.ckpt")}, chosen="finetune")
+    assert looked.continues  # it won the second look: it continues from where that stopped
 
 
 def test_scorecards_score_auto_and_every_constant_on_the_same_cells() -> None:

@@ -367,3 +367,56 @@ def test_study_compare_flags_a_rerun_row_outside_the_seeds_noise(tmp_path: Path,
     assert out.count("**no**") == 1 and "not_committed: no committed study.csv" in out
     with pytest.raises(TlcliError, match="no study folder"):
         compare([str(tmp_path / "missing"), str(committed)])
+
+
+def test_race_evidence_and_defaults_match_the_committed_files() -> None:
+    """docs/study/auto_v31: replay.md is the val-only replay of tuning.csv and its chosen settings are the shipped
+    defaults (configs/strategy/auto.yaml); each untouched.md is the verdict table of its runs.csv, v3.1's also the
+    generated block of docs/strategies-and-auto.md."""
+    from omegaconf import OmegaConf
+
+    from study.auto_eval import doc_block, read
+    from study.auto_eval import report as verdicts
+    from study.race_replay import GRID, choose, load_csv
+    from study.race_replay import report as replayed
+
+    root = Path(__file__).parents[2]
+    evidence = root / "docs" / "study" / "auto_v31"
+    seeds = load_csv(evidence / "tuning.csv")
+    assert (evidence / "replay.md").read_text() == replayed(seeds), "python -m study.race_replay ... --write"
+    shipped = OmegaConf.load(root / "configs" / "strategy" / "auto.yaml").auto
+    chosen, _ = choose(seeds)
+    assert {key: shipped[key] for key in GRID} == chosen
+    for version in ("auto_v3", "auto_v31"):
+        table = verdicts(read(root / "docs" / "study" / version / "runs.csv"))
+        assert (root / "docs" / "study" / version / "untouched.md").read_text() == table, f"{version}: auto_eval table"
+    page = (root / "docs" / "strategies-and-auto.md").read_text()
+    assert doc_block(page) == table.rstrip("\n"), "python -m study.auto_eval doc ..."
+
+
+def test_auto_eval_verdict_pairs_seeds_and_applies_the_fixed_rule() -> None:
+    """Per cell: the best fixed strategy by mean test acc, auto's paired difference per seed, within noise when
+    the mean is >= -1.5 points or the 95 % interval covers 0; cost = auto wall / finetune wall per seed."""
+    from study.auto_cells import FIXED
+    from study.auto_eval import cell_results, scorecard
+
+    rows = []
+    for seed, shift in enumerate((0.0, 0.01, -0.01)):
+        tests = {"freeze": 0.70, "finetune": 0.80 + shift, "extend_freeze": 0.71, "extend_finetune": 0.79,
+                 "scratch": 0.60, "auto": 0.80 + shift}  # fmt: skip
+        for job, acc in tests.items():
+            wall = {"finetune": 20.0, "auto": 25.0 + seed}.get(job, 10.0)
+            pick = "finetune" if job == "auto" else ""
+            rows.append({"group": "untouched", "cell": "fashion_odd_5", "seed": seed, "job": job, "test_acc": acc,
+                         "val_acc": acc, "wall_seconds": wall, "train_seconds": 1.0, "pick": pick})  # fmt: skip
+        far = {job: (0.60 if job == "auto" else 0.80 - 0.02 * FIXED.index(job)) for job in (*FIXED, "auto")}
+        for job, acc in far.items():
+            rows.append({"group": "untouched", "cell": "digits_all", "seed": seed, "job": job, "test_acc": acc,
+                         "val_acc": acc, "wall_seconds": 10.0, "train_seconds": 1.0, "pick": "scratch"})  # fmt: skip
+    near, far_cell = cell_results(rows)
+    assert near.best == "finetune" and near.diffs == pytest.approx([0.0, 0.0, 0.0]) and near.within_noise
+    assert near.ratios == pytest.approx([1.25, 1.3, 1.35]) and near.picks == ["finetune"] * 3
+    assert far_cell.best == "freeze" and far_cell.mean_diff == pytest.approx(-20.0) and not far_cell.within_noise
+    card = "\n".join(scorecard([near, far_cell]))
+    assert "| auto (race v3) | 1/2 | 10.00 | 20.00 |" in card
+    assert "| always finetune | 1/2 | 1.00 | 2.00 |" in card  # 0 on the first cell, 2 points (> 1.5) on the second

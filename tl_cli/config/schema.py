@@ -29,16 +29,19 @@ class AutoConfig:
     reasons: README."""
 
     method: str = "race"  # race: measure the strategies on val | rule: the classic table on a linear probe
-    # race: trainable candidates first train this share of trainer.max_epochs (race v3: chosen on val curves only,
-    # docs/study/auto_v3/replay.md, as are frozen_at, tie_se, prior and scratch_lr_mult)
+    # race: trainable candidates first train this share of trainer.max_epochs (race v3.1: chosen on val curves only,
+    # docs/study/auto_v31/replay.md, as are confirm_fraction, frozen_at, tie_se and prior)
     race_fraction: float = 0.1
     scratch_min_per_class: int = 1  # race: scratch races only when the smallest train class has this many
     scratch_lr_mult: float = 1.0  # race: scratch trains at optim.lr x this
     min_val_per_class: int = 5  # race: fewer val images in the smallest class -> no race, the prior
     prior: str = "finetune"  # race: the choice for tiny val sets, and the first pick among val ties
-    tie_se: float = 0.5  # race: within this many standard errors of the best val acc counts as a tie
+    tie_se: float = 2.0  # race: within this many standard errors of the best val acc counts as a tie
     # race: a frozen candidate's val acc over its first race epochs (race, as the trainable ones) or all (full)
     frozen_at: str = "race"
+    # race: a frozen pick gets a second look: the best trainable candidate trains on to this share of the epochs
+    # and the pick is made again (0: none)
+    confirm_fraction: float = 0.2
     large_min_per_class: int = 100  # large data: the smallest class has at least this many train samples
     min_gain: float = 0.02  # probe accuracy of source minus random features below this: scratch
     similar_min_score: float = 0.8  # similar task: chance-corrected probe accuracy of source features >= this

@@ -48,7 +48,7 @@ from tl_cli.run.training import (
     run_callbacks,
     to_channels_last,
 )
-from tl_cli.rundir import RunDir
+from tl_cli.rundir import METRICS, RunDir
 from tl_cli.transfer.auto import check_settings, preset, settings_of, split_labels, with_preset
 from tl_cli.transfer.callbacks import GracefulInterrupt, StopAfterEpochs
 
@@ -58,7 +58,15 @@ ORDER = ("finetune", "extend_finetune", "freeze", "extend_freeze", "scratch")  #
 FROZEN = ("freeze", "extend_freeze")
 FOLDER = "auto"
 RECORD = "race.json"
-SETTINGS = ("race_fraction", "scratch_min_per_class", "scratch_lr_mult", "min_val_per_class", "tie_se", "frozen_at")
+SETTINGS = (
+    "race_fraction",
+    "confirm_fraction",
+    "scratch_min_per_class",
+    "scratch_lr_mult",
+    "min_val_per_class",
+    "tie_se",
+    "frozen_at",
+)
 
 
 @dataclass
@@ -69,7 +77,7 @@ class Score:
     epochs: int
     steps: int
     seconds: float
-    stage: str  # proxy (frozen, un-augmented cached features) | race (stopped early) | final (the pick, trained)
+    stage: str  # proxy (frozen, un-augmented cached features) | race (stopped early) | second look (raced further)
     checkpoint: str | None = None  # race: where it stopped, to continue from
     full_val_acc: float | None = None  # proxy: the best val acc over all its epochs
 
@@ -92,7 +100,7 @@ class Race:
     def continues(self) -> bool:
         """Whether the pick continues from its race checkpoint (a trainable candidate that raced)."""
         score = self.scores.get(self.chosen or "")
-        return score is not None and score.stage == "race"
+        return score is not None and score.stage in ("race", "second look")
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -205,8 +213,37 @@ def _race(cfg: DictConfig, run: RunDir) -> Race:
         race.scores[name] = _fit_candidate(_candidate_config(cfg, name, run), folder, race.race_epochs)
     scores = {name: score.val_acc for name, score in race.scores.items()}
     race.chosen, race.why = pick(scores, race.val_images, settings.tie_se, settings.prior)
+    second = race_epochs(settings.confirm_fraction, int(cfg.trainer.max_epochs)) if settings.confirm_fraction else 0
+    if race.chosen in FROZEN and second > race.race_epochs:
+        _second_look(cfg, run, race, second)
     race.seconds = round(time.perf_counter() - started, 3)
     return race
+
+
+def _second_look(cfg: DictConfig, run: RunDir, race: Race, epochs: int) -> None:
+    """A frozen head converges in its first epochs while a trainable network is still adapting, so an early lead
+    of a frozen candidate is checked once more: the best trainable candidate trains on to `epochs` epochs, and the
+    pick is made again between it and the frozen candidates scored at the same epoch (their proxy curves)."""
+    settings = settings_of(cfg)
+    trainable = {n: s.val_acc for n, s in race.scores.items() if s.stage == "race"}
+    if not trainable:
+        return
+    challenger, _ = pick(trainable, race.val_images, settings.tie_se, settings.prior)
+    before = race.scores[challenger]
+    folder = run / FOLDER / challenger
+    after = _fit_candidate(_candidate_config(cfg, challenger, run), folder, epochs, resume_from=before.checkpoint)
+    after.seconds = round(before.seconds + after.seconds, 3)
+    race.scores[challenger] = after
+    scores = {challenger: after.val_acc}
+    for name in FROZEN:
+        curve = RunDir(run / FOLDER / name).val_curve()
+        if settings.frozen_at == "race" and curve:
+            scores[name] = round(max(acc for epoch, acc in curve.items() if epoch < epochs), 6)
+        else:
+            scores[name] = race.scores[name].val_acc
+    first = race.chosen
+    race.chosen, why = pick(scores, race.val_images, settings.tie_se, settings.prior)
+    race.why = f"second look at {epochs} epochs ({first} led at {race.race_epochs}): {why}"
 
 
 def race_lines(race: Race) -> list[str]:
@@ -214,9 +251,10 @@ def race_lines(race: Race) -> list[str]:
     lines = []
     for name, s in race.scores.items():
         how = "cached un-augmented features" if s.stage == "proxy" else "the run's recipe, stopped early"
+        stage = "second" if s.stage == "second look" else s.stage
         full = f", {s.full_val_acc:.3f} over all epochs" if s.full_val_acc is not None else ""
         lines.append(
-            f"race: {name:<15} {s.stage:<5} ({how}): {s.epochs} ep, {s.steps} steps, {s.seconds:.1f} s, "
+            f"race: {name:<15} {stage:<6} ({how}): {s.epochs} ep, {s.steps} steps, {s.seconds:.1f} s, "
             f"val acc {s.val_acc:.3f}{full}"
         )
     action = "continues from its race checkpoint" if race.continues else "trains in the run dir"
@@ -257,13 +295,20 @@ def _config_for(cfg: DictConfig, name: str, run: RunDir) -> DictConfig:
 
 
 def _fit_candidate(
-    cfg: DictConfig, folder: Path, stop_epoch: int | None, job: TransferJob | None = None, scored_at: int | None = None
+    cfg: DictConfig,
+    folder: Path,
+    stop_epoch: int | None,
+    job: TransferJob | None = None,
+    scored_at: int | None = None,
+    resume_from: str | None = None,
 ) -> Score:
     """Fit one candidate in its folder (CSV metrics, checkpoints), no test. A racing one stops after stop_epoch
-    epochs and saves where it stopped; a frozen one trains in full and is scored over its first `scored_at`
-    epochs (None: all)."""
-    from lightning.pytorch.loggers import CSVLogger
+    epochs and saves where it stopped (resumed from there for the second look); a frozen one trains in full and is
+    scored over its first `scored_at` epochs (None: all)."""
+    from tl_cli.transfer.metrics_log import CSVLogger
 
+    if resume_from is None:  # a fresh race: an earlier race's curve in this folder is not this one's
+        (folder / METRICS).unlink(missing_ok=True)
     job = job or build_job(cfg)
     callbacks, _ = run_callbacks(cfg, folder)
     # Ctrl-C in a candidate stops the whole command: its run-dir resume hint would point at the candidate's folder
@@ -274,13 +319,13 @@ def _fit_candidate(
     if channels_last:
         to_channels_last(job)
     attach_feature_cache(cfg, job, trainer, channels_last, splits=("train", "val"))  # candidates are not tested
-    result = fit(trainer, job)
+    result = fit(trainer, job, resume_from)
     seconds, steps, epochs = round(result.train_seconds, 3), trainer.global_step, trainer.current_epoch
     val_acc = round(result.metrics["val/acc"], 6)
     if stop_epoch:
         checkpoint = str(folder / "checkpoints" / "race.ckpt")
         trainer.save_checkpoint(checkpoint)
-        return Score(val_acc, epochs, steps, seconds, "race", checkpoint)
+        return Score(val_acc, epochs, steps, seconds, "race" if resume_from is None else "second look", checkpoint)
     curve = RunDir(folder).val_curve()
     early = [acc for epoch, acc in curve.items() if scored_at is None or epoch < scored_at]
     score = round(max(early), 6) if early else val_acc

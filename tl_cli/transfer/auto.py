@@ -115,6 +115,8 @@ def check_settings(settings: DictConfig) -> None:
             raise TlcliError(f"strategy.auto.{key}={value} must be between 0 and 1")
     if not 0.0 < settings.race_fraction < 1.0:
         raise TlcliError(f"strategy.auto.race_fraction={settings.race_fraction} must be between 0 and 1 (exclusive)")
+    if not 0.0 <= settings.confirm_fraction < 1.0:
+        raise TlcliError(f"strategy.auto.confirm_fraction={settings.confirm_fraction} must be in [0, 1) (0 = off)")
     if settings.scratch_lr_mult <= 0:
         raise TlcliError(f"strategy.auto.scratch_lr_mult={settings.scratch_lr_mult} must be > 0")
     if settings.tie_se < 0:

@@ -418,5 +418,6 @@ def test_auto_eval_verdict_pairs_seeds_and_applies_the_fixed_rule() -> None:
     assert near.ratios == pytest.approx([1.25, 1.3, 1.35]) and near.picks == ["finetune"] * 3
     assert far_cell.best == "freeze" and far_cell.mean_diff == pytest.approx(-20.0) and not far_cell.within_noise
     card = "\n".join(scorecard([near, far_cell]))
-    assert "| auto (race v3) | 1/2 | 10.00 | 20.00 |" in card
-    assert "| always finetune | 1/2 | 1.00 | 2.00 |" in card  # 0 on the first cell, 2 points (> 1.5) on the second
+    assert "| auto | 1/2 | 1/2 | 10.00 | 20.00 |" in card
+    assert "| always finetune | - | 1/2 | 1.00 | 2.00 |" in card  # 0 on the first cell, 2 points (> 1.5) on the second
+    assert near.within_points and not far_cell.within_points

@@ -315,7 +315,8 @@ def test_race_replay_simulates_the_race_on_val_curves_only(tmp_path: Path) -> No
         (job / "summary.json").write_text(json.dumps(summary))
         (job / "metrics.csv").write_text("epoch,val/acc\n" + "".join(f"{e},{v}\n" for e, v in enumerate(curve)))
     (seed,) = load(tmp_path)
-    base = {"race_fraction": 0.3, "frozen_at": "race", "tie_se": 0.0, "prior": "finetune", "scratch_lr_mult": 0.333}
+    base = {"race_fraction": 0.3, "confirm_fraction": 0.0, "frozen_at": "race", "tie_se": 0.0, "prior": "finetune",
+            "scratch_lr_mult": 0.333}  # fmt: skip
     chosen, regret, cost = replay(seed, base)
     assert chosen == "scratch" and regret == pytest.approx(100 * (0.95 - 0.90))
     assert cost == pytest.approx((1 + 1 + 3 * 3 + 7) / 10)  # proxies, three race slices, the pick's other 70 %
@@ -327,6 +328,10 @@ def test_race_replay_simulates_the_race_on_val_curves_only(tmp_path: Path) -> No
     chosen, regret, cost = replay(seed, frozen)
     assert chosen == "freeze" and regret == pytest.approx(100 * (0.95 - 0.70))  # scored on the augmented run
     assert cost == pytest.approx((1 + 1 + 3 * 3 + 10) / 10)  # a frozen pick trains in full
+    # a second look at 5 of 10 epochs: finetune (the best trainable at 3) trains on; freeze's proxy still leads
+    looked = {**frozen, "confirm_fraction": 0.5}
+    chosen, regret, cost = replay(seed, looked)
+    assert chosen == "freeze" and cost == pytest.approx((1 + 1 + 3 * 3 + 2 * 1 + 10) / 10)
 
 
 def test_unseen_cells_are_those_raced_only_after_the_settings_were_chosen() -> None:

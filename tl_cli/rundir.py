@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ LABELS = "labels.json"
 MODEL = "model.safetensors"  # trained network: backbone./extension./head. keys
 PREPROCESS = "preprocess.json"  # beside an exported model: timm's data config
 METRICS = "metrics.csv"
+LR_PREFIX = "lr-"  # LearningRateMonitor's columns in metrics.csv: lr-<optimizer>/<param group>
 CURVES = "curves.png"  # loss / accuracy / LR per epoch, drawn from metrics.csv after fit
 CALIBRATION = "calibration.json"  # the temperature fitted on the val split's logits, with val ECE before/after
 CONFIG = Path(".hydra") / "config.yaml"  # Hydra's record of the composed config
@@ -104,15 +106,9 @@ class RunDir:
         return data if isinstance(data, dict) else None
 
     def val_curve(self) -> dict[int, float]:
-        """epoch -> val/acc: the last value logged in each epoch of metrics.csv (empty when there is none)."""
-        curve: dict[int, float] = {}
-        if not (self.path / METRICS).is_file():
-            return curve
-        with open(self.path / METRICS, newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("val/acc") and row.get("epoch"):
-                    curve[int(float(row["epoch"]))] = float(row["val/acc"])
-        return curve
+        """epoch -> val/acc from metrics.csv (`read_epochs`; empty when there is none)."""
+        metrics = self.path / METRICS
+        return read_epochs(metrics).metrics.get("val/acc", {}) if metrics.is_file() else {}
 
     def write_summary(self, summary: Summary) -> Path:
         self.summary_file.write_text(json.dumps(summary.to_dict(), indent=2))
@@ -137,6 +133,47 @@ class RunDir:
         parent = weights.parent if weights.suffix == ".safetensors" else weights.parent.parent
         run = cls(parent)
         return run if run.is_run() else None
+
+
+@dataclass
+class EpochLog:
+    """Per-epoch values of metrics.csv: metrics[name][epoch] and lrs[param group][epoch]."""
+
+    metrics: dict[str, dict[int, float]] = field(default_factory=dict)
+    lrs: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> list[int]:
+        return sorted({e for values in (*self.metrics.values(), *self.lrs.values()) for e in values})
+
+
+def read_epochs(path: Path) -> EpochLog:
+    """metrics.csv per epoch, a row logged twice for an epoch read once (its later value wins).
+    LearningRateMonitor's rows carry no epoch: each LR belongs to the next epoch logged after it (it is logged when
+    that epoch starts)."""
+    log, pending = EpochLog(), {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            values = {k: float(v) for k, v in row.items() if k and v not in (None, "") and _finite(v)}
+            lrs = {k.removeprefix(LR_PREFIX): v for k, v in values.items() if k.startswith(LR_PREFIX)}
+            if "epoch" not in values:
+                pending.update(lrs)
+                continue
+            epoch = int(values.pop("epoch"))
+            for group, lr in {**pending, **lrs}.items():
+                log.lrs.setdefault(group, {})[epoch] = lr
+            pending = {}
+            for name, value in values.items():
+                if name != "step" and not name.startswith(LR_PREFIX):
+                    log.metrics.setdefault(name, {})[epoch] = value
+    return log
+
+
+def _finite(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"

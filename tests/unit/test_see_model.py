@@ -13,8 +13,9 @@ from tl_cli.errors import TlcliError
 from tl_cli.reporting.curves import plot_curves
 from tl_cli.reporting.diagnostics import most_confused
 from tl_cli.run.tta import combine, view_logits, views_of
+from tl_cli.rundir import read_epochs
 from tl_cli.transfer.calibration import TEMPERATURE_RANGE, calibrate, ece, fit_temperature
-from tl_cli.transfer.metrics_log import CSVLogger, read_epochs
+from tl_cli.transfer.metrics_log import CSVLogger
 
 
 def overconfident(n: int = 4000, classes: int = 5, sharpen: float = 4.0, seed: int = 0):

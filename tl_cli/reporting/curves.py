@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tl_cli.rundir import CURVES, METRICS, RunDir
-from tl_cli.transfer.metrics_log import EpochLog, read_epochs
+from tl_cli.rundir import CURVES, METRICS, EpochLog, RunDir, read_epochs
 
 logger = logging.getLogger(__name__)
 MAX_LR_LINES = 8  # more param groups (layer_decay gives one per layer): the lowest and highest LR only

@@ -1,4 +1,5 @@
-"""metrics.csv: Lightning's CSV logger, kept across a resume, and its rows read back per epoch.
+"""metrics.csv: Lightning's CSV logger, kept across a resume (its rows are read back per epoch by
+tl_cli/rundir.py's `read_epochs`).
 
 Lightning's CSVLogger deletes an existing metrics.csv when it starts, so a resumed run would keep only the epochs
 after the resume. The logger here appends instead; a row logged twice for an epoch (a run killed after a flush,
@@ -8,15 +9,11 @@ resumed from the epoch before) is read back once, its later value winning.
 from __future__ import annotations
 
 import csv
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger as LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-
-LR_PREFIX = "lr-"  # LearningRateMonitor's columns: lr-<optimizer>/<param group>
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -37,43 +34,3 @@ class CSVLogger(LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _KeepingWriter(log_dir=self.log_dir)
         return self._experiment
-
-
-@dataclass
-class EpochLog:
-    """Per-epoch values of metrics.csv: metrics[name][epoch] and lrs[param group][epoch]."""
-
-    metrics: dict[str, dict[int, float]] = field(default_factory=dict)
-    lrs: dict[str, dict[int, float]] = field(default_factory=dict)
-
-    @property
-    def epochs(self) -> list[int]:
-        return sorted({e for values in (*self.metrics.values(), *self.lrs.values()) for e in values})
-
-
-def read_epochs(path: Path) -> EpochLog:
-    """metrics.csv per epoch. LearningRateMonitor's rows carry no epoch: each LR belongs to the next epoch
-    logged after it (it is logged when that epoch starts)."""
-    log, pending = EpochLog(), {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            values = {k: float(v) for k, v in row.items() if k and v not in (None, "") and _finite(v)}
-            lrs = {k.removeprefix(LR_PREFIX): v for k, v in values.items() if k.startswith(LR_PREFIX)}
-            if "epoch" not in values:
-                pending.update(lrs)
-                continue
-            epoch = int(values.pop("epoch"))
-            for group, lr in {**pending, **lrs}.items():
-                log.lrs.setdefault(group, {})[epoch] = lr
-            pending = {}
-            for name, value in values.items():
-                if name != "step" and not name.startswith(LR_PREFIX):
-                    log.metrics.setdefault(name, {})[epoch] = value
-    return log
-
-
-def _finite(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False

@@ -19,6 +19,8 @@ the best mean test acc over the seeds, each strategy at its defaults) when its m
 
 from __future__ import annotations
 
+from tl_cli.config.strategies import STRATEGIES
+
 EMBEDDED = ()  # the default source: test_resnet trained on all of Fashion-MNIST at 32 px (tl_cli/assets)
 IMAGENET = (  # EfficientNet-Lite0, ImageNet-1k (make imagenet-source); batch 16 as the ImageNet study
     "model=timm",
@@ -77,7 +79,7 @@ UNTOUCHED_V31: dict[str, tuple[str, ...]] = {
 
 SEEDS = (0, 1, 2)
 TUNING_SEEDS = (0, 1)
-FIXED = ("freeze", "finetune", "extend_freeze", "extend_finetune", "scratch")
+FIXED = tuple(STRATEGIES)  # freeze, finetune, extend_freeze, extend_finetune, scratch
 WITHIN_POINTS = 1.5  # the verdict rule above
 
 

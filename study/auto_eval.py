@@ -21,6 +21,7 @@ from pathlib import Path
 
 from study.auto_cells import FIXED, ISSUE, UNTOUCHED, UNTOUCHED_V31, WITHIN_POINTS
 from study.auto_runs import WALL
+from study.study_doc import splice
 from tl_cli.errors import TlcliError
 from tl_cli.rundir import RunDir
 
@@ -192,15 +193,8 @@ def report(rows: list[dict]) -> str:
 
 
 def doc_block(page: str) -> str:
-    """The text between the page's generated-block markers."""
-    if BEGIN not in page or END not in page.split(BEGIN, 1)[1]:
-        raise TlcliError(f"the page has no {BEGIN} ... {END} block; add the two lines where the table goes")
+    """The text between the page's generated-block markers (what `doc` wrote there)."""
     return page.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-
-
-def with_doc_block(page: str, text: str) -> str:
-    head, rest = page.split(BEGIN, 1)
-    return f"{head}{BEGIN}\n{text.rstrip()}\n{END}{rest.split(END, 1)[1]}"
 
 
 def main(argv: list[str]) -> int:
@@ -215,8 +209,8 @@ def main(argv: list[str]) -> int:
         return 0
     if len(argv) == 3 and argv[0] == "doc":
         page = Path(argv[2])
-        doc_block(page.read_text())  # a page without the markers: one line, nothing written
-        page.write_text(with_doc_block(page.read_text(), report(read(Path(argv[1])))))
+        block = "\n".join([BEGIN, report(read(Path(argv[1]))).rstrip(), END])
+        page.write_text(splice(page.read_text(), BEGIN, END, block, page))  # no markers: one line, nothing written
         return 0
     raise TlcliError(f"usage: {USAGE}")
 

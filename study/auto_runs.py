@@ -23,6 +23,7 @@ from pathlib import Path
 
 from study.auto_cells import FIXED, SEEDS, TUNING_SEEDS, cells
 from tl_cli.errors import TlcliError
+from tl_cli.run.race import FROZEN
 
 USAGE = (
     "python -m study.auto_runs tuning|untouched|issue <output folder> [--jobs N] [--part timed|untimed] "
@@ -50,7 +51,7 @@ def tuning_jobs(cell: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """The jobs one seed of a tuning cell runs, by name."""
     lr = default_lr(cell)
     jobs = {name: (f"strategy={name}",) for name in FIXED if name != "scratch"}
-    jobs |= {f"{name}_proxy": (f"strategy={name}", "data.augment=false") for name in ("freeze", "extend_freeze")}
+    jobs |= {f"{name}_proxy": (f"strategy={name}", "data.augment=false") for name in FROZEN}
     jobs |= {f"scratch_x{m:g}": ("strategy=scratch", f"optim.lr={lr * m:.6g}") for m in SCRATCH_LR_MULTS}
     return {name: (*cell, *args, "test=false") for name, args in jobs.items()}
 

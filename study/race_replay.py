@@ -29,7 +29,7 @@ from pathlib import Path
 
 from study.auto_cells import FIXED
 from tl_cli.errors import TlcliError
-from tl_cli.run.race import FROZEN, pick, race_epochs, trainable_candidates
+from tl_cli.run.race import FROZEN, best_before, pick, race_epochs, trainable_candidates
 from tl_cli.rundir import RunDir
 
 USAGE = (
@@ -83,23 +83,28 @@ def _job_name(strategy: str, mult: float) -> str:
     return f"scratch_x{mult:g}" if strategy == "scratch" else strategy
 
 
+def _job(run: RunDir, summary: dict, scale: float = 1.0) -> Job:
+    """A finished job's val curve, best val acc, epochs and train seconds (times `scale`)."""
+    return Job(run.val_curve(), summary["metrics"]["val/acc"], summary["train_seconds"] * scale, summary["epochs"])
+
+
+def _seed(cell: str, seed_dir: Path, jobs: dict[str, Job], summary: dict) -> Seed:
+    """A (cell, seed) with its val size and smallest train class, read from one of its jobs' summary."""
+    sizes = summary["split_sizes"]
+    smallest = summary.get("samples_per_class") or sizes["train"] // summary["num_classes"]
+    return Seed(cell, int(seed_dir.name[4:]), jobs, sizes["val"], smallest)
+
+
 def load(folder: Path) -> list[Seed]:
     """Every (cell, seed) whose jobs all finished."""
     seeds = []
     for seed_dir in sorted(folder.glob("*/seed*")):
-        jobs, val, smallest = {}, 0, 0
-        for job_dir in sorted(p for p in seed_dir.iterdir() if p.is_dir()):
-            summary = RunDir(job_dir).read_summary()
-            if summary is None:
-                continue
-            run = RunDir(job_dir)
-            jobs[job_dir.name] = Job(run.val_curve(), summary["metrics"]["val/acc"], summary["train_seconds"],
-                                     summary["epochs"])  # fmt: skip
-            val = summary["split_sizes"]["val"]
-            smallest = summary.get("samples_per_class") or summary["split_sizes"]["train"] // summary["num_classes"]
+        runs = {p.name: RunDir(p) for p in sorted(seed_dir.iterdir()) if p.is_dir()}
+        summaries = {name: s for name, run in runs.items() if (s := run.read_summary()) is not None}
+        jobs = {name: _job(runs[name], s) for name, s in summaries.items()}
         needed = {*FIXED, "freeze_proxy", "extend_freeze_proxy"} - {"scratch"}
         if needed <= jobs.keys() and any(n.startswith("scratch_x") for n in jobs):
-            seeds.append(Seed(seed_dir.parent.name, int(seed_dir.name[4:]), jobs, val, smallest))
+            seeds.append(_seed(seed_dir.parent.name, seed_dir, jobs, summaries["finetune"]))
     return seeds
 
 
@@ -118,21 +123,17 @@ def load_eval_cell(cell: Path) -> list[Seed]:
         summaries = {name: run.read_summary() for name, run in runs.items()}
         if any(summaries.get(name) is None for name in (*FIXED, "auto")):
             continue
-        jobs = {}
         scale = summaries["finetune"]["train_seconds"] / summaries["extend_finetune"]["train_seconds"]
-        for name in FIXED:
-            s = summaries[name]
-            seconds = s["train_seconds"] * (1.0 if name == "finetune" else scale)
-            jobs[EVAL_JOBS.get(name, name)] = Job(runs[name].val_curve(), s["metrics"]["val/acc"], seconds,
-                                                  s["epochs"])  # fmt: skip
+        jobs = {
+            EVAL_JOBS.get(name, name): _job(runs[name], summaries[name], 1.0 if name == "finetune" else scale)
+            for name in FIXED
+        }
         candidates = summaries["auto"]["strategy_auto"]["candidates"]
         for name in FROZEN:
             curve = RunDir(runs["auto"] / "auto" / name).val_curve()
             c = candidates[name]
             jobs[f"{name}_proxy"] = Job(curve, c["full_val_acc"], c["seconds"], c["epochs"])
-        s = summaries["finetune"]
-        smallest = s.get("samples_per_class") or s["split_sizes"]["train"] // s["num_classes"]
-        seeds.append(Seed(cell.name, int(seed_dir.name[4:]), jobs, s["split_sizes"]["val"], smallest))
+        seeds.append(_seed(cell.name, seed_dir, jobs, summaries["finetune"]))
     return seeds
 
 
@@ -174,12 +175,12 @@ def replay(seed: Seed, v: dict) -> tuple[str, float, float]:
     scores, cost = {}, 0.0
     for name in FROZEN:
         proxy = seed.jobs[f"{name}_proxy"]
-        scores[name] = _best(proxy.curve, None if v["frozen_at"] == "full" else first)
+        scores[name] = _frozen_score(seed, name, v, first)
         cost += proxy.seconds
     trainable = {}
     for name in trainable_candidates(seed.train_min_per_class, 1):
         job = seed.jobs[_job_name(name, v["scratch_lr_mult"])]
-        trainable[name] = _best(job.curve, first)
+        trainable[name] = best_before(job.curve, first)
         cost += job.seconds * first / job.epochs
     chosen, _ = pick({**scores, **trainable}, seed.val_images, v["tie_se"], v["prior"])
     done = first  # epochs the pick has trained if it is trainable
@@ -188,8 +189,8 @@ def replay(seed: Seed, v: dict) -> tuple[str, float, float]:
         challenger, _ = pick(trainable, seed.val_images, v["tie_se"], v["prior"])
         job = seed.jobs[_job_name(challenger, v["scratch_lr_mult"])]
         cost += job.seconds * (second - first) / job.epochs
-        again = {n: _best(seed.jobs[f"{n}_proxy"].curve, None if v["frozen_at"] == "full" else second) for n in FROZEN}
-        chosen, _ = pick({**again, challenger: _best(job.curve, second)}, seed.val_images, v["tie_se"], v["prior"])
+        again = {n: _frozen_score(seed, n, v, second) for n in FROZEN} | {challenger: best_before(job.curve, second)}
+        chosen, _ = pick(again, seed.val_images, v["tie_se"], v["prior"])
         done = second
     picked = seed.jobs[_job_name(chosen, v["scratch_lr_mult"])]
     cost += picked.seconds * ((1 - done / picked.epochs) if chosen not in FROZEN else 1.0)
@@ -197,9 +198,9 @@ def replay(seed: Seed, v: dict) -> tuple[str, float, float]:
     return chosen, regret, cost / seed.jobs["finetune"].seconds
 
 
-def _best(curve: dict[int, float], epochs: int | None) -> float:
-    """Best val acc over the first `epochs` epochs (None: all)."""
-    return max(a for e, a in curve.items() if epochs is None or e < epochs)
+def _frozen_score(seed: Seed, name: str, v: dict, epochs: int) -> float:
+    """A frozen candidate's proxy score after `epochs` race epochs (frozen_at=race) or over all (full)."""
+    return best_before(seed.jobs[f"{name}_proxy"].curve, None if v["frozen_at"] == "full" else epochs)
 
 
 def variants() -> list[dict]:

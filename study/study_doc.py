@@ -295,7 +295,7 @@ def unseen_cells(cells: list[Cell]) -> list[Cell]:
     return [c for c, m in zip(cells, methods, strict=True) if "race" in m and RACE_V1 not in m]
 
 
-def _splice(text: str, begin: str, end: str, body: str, doc: Path) -> str:
+def splice(text: str, begin: str, end: str, body: str, doc: Path) -> str:
     if begin not in text or end not in text:
         raise TlcliError(f"{doc} has no generated part; add the lines {begin!r} and {end!r}")
     head, rest = text.split(begin, 1)
@@ -314,7 +314,7 @@ def _write(doc: Path, new: str, check: bool) -> bool:
 
 def update(doc: Path, check: bool) -> bool:
     """Rewrite the generated part of `doc`; with check, only say whether it is up to date."""
-    return _write(doc, _splice(doc.read_text(), BEGIN, END, generate(doc.parent), doc), check)
+    return _write(doc, splice(doc.read_text(), BEGIN, END, generate(doc.parent), doc), check)
 
 
 def update_readme(readme: Path, docs: Path, check: bool) -> bool:
@@ -322,7 +322,7 @@ def update_readme(readme: Path, docs: Path, check: bool) -> bool:
     text = readme.read_text()
     for name, lines in readme_blocks(docs).items():
         begin, end = f"<!-- study_doc: {name} -->", f"<!-- study_doc: end {name} -->"
-        text = _splice(text, begin, end, "\n".join([begin, *lines, end]), readme)
+        text = splice(text, begin, end, "\n".join([begin, *lines, end]), readme)
     return _write(readme, text, check)
 
 

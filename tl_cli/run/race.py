@@ -49,7 +49,7 @@ from tl_cli.run.training import (
     to_channels_last,
 )
 from tl_cli.rundir import METRICS, RunDir
-from tl_cli.transfer.auto import check_settings, preset, settings_of, split_labels, with_preset
+from tl_cli.transfer.auto import preset, settings_of, split_labels, with_preset
 from tl_cli.transfer.callbacks import GracefulInterrupt, StopAfterEpochs
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,11 @@ def val_noise(acc: float, val_images: int) -> float:
     return max(math.sqrt(acc * (1.0 - acc) / val_images), 1.0 / val_images)
 
 
+def best_before(curve: dict[int, float], epochs: int | None) -> float:
+    """A candidate's score from its val curve: the best val acc over its first `epochs` epochs (None: all)."""
+    return round(max(acc for epoch, acc in curve.items() if epochs is None or epoch < epochs), 6)
+
+
 def preference(prior: str) -> list[str]:
     return [prior, *(s for s in ORDER if s != prior)]
 
@@ -152,8 +157,7 @@ def pick(scores: dict[str, float], val_images: int, tie_se: float, prior: str) -
 
 def race_and_fit(cfg: DictConfig, run: RunDir, config_sha: str, resume_from: str | None) -> Fitted:
     """Race the candidates (or read a finished race back), fit the pick in the run dir, record the choice."""
-    settings, started = settings_of(cfg), time.perf_counter()
-    check_settings(settings)
+    started = time.perf_counter()  # its settings were checked by tl_cli/run/auto.py's fit
     saved = run / FOLDER / RECORD
     saved.parent.mkdir(parents=True, exist_ok=True)
     race = saved_race(saved, config_sha, resume_from)
@@ -237,10 +241,8 @@ def _second_look(cfg: DictConfig, run: RunDir, race: Race, epochs: int) -> None:
     scores = {challenger: after.val_acc}
     for name in FROZEN:
         curve = RunDir(run / FOLDER / name).val_curve()
-        if settings.frozen_at == "race" and curve:
-            scores[name] = round(max(acc for epoch, acc in curve.items() if epoch < epochs), 6)
-        else:
-            scores[name] = race.scores[name].val_acc
+        rescored = settings.frozen_at == "race" and curve
+        scores[name] = best_before(curve, epochs) if rescored else race.scores[name].val_acc
     first = race.chosen
     race.chosen, why = pick(scores, race.val_images, settings.tie_se, settings.prior)
     race.why = f"second look at {epochs} epochs ({first} led at {race.race_epochs}): {why}"
@@ -327,8 +329,7 @@ def _fit_candidate(
         trainer.save_checkpoint(checkpoint)
         return Score(val_acc, epochs, steps, seconds, "race" if resume_from is None else "second look", checkpoint)
     curve = RunDir(folder).val_curve()
-    early = [acc for epoch, acc in curve.items() if scored_at is None or epoch < scored_at]
-    score = round(max(early), 6) if early else val_acc
+    score = best_before(curve, scored_at) if curve else val_acc
     return Score(score, epochs, steps, seconds, "proxy", full_val_acc=val_acc)
 
 
